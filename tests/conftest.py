@@ -1,0 +1,5 @@
+"""Fixture plugins, one per layer (see docs/internals.md). Add yours to the list below."""
+
+from __future__ import annotations
+
+pytest_plugins: list[str] = []
