@@ -15,12 +15,16 @@ This module is pure: no I/O, no session state, no knowledge of which rules DSQL 
 from __future__ import annotations
 
 import enum
+import importlib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 import postgast
-from postgast import pg_query_pb2 as pb
+
+# Imported dynamically: the generated protobuf stub does not parse under mypy, and mypy always
+# reads stub files it can see, whatever follow_imports says.
+pb: Any = importlib.import_module("postgast.pg_query_pb2")
 
 
 class StatementKind(enum.Enum):
@@ -148,7 +152,7 @@ class Statement:
 
     @property
     def read_only(self) -> bool:
-        """A statement that cannot change data or catalog (plain queries, SHOW, EXPLAIN w/o ANALYZE)."""
+        """True if it cannot change data or catalog: queries, SHOW, EXPLAIN without ANALYZE."""
         if self.kind is StatementKind.QUERY:
             return not self.locks_rows and not _has_data_modifying_cte(self.node)
         if self.kind is StatementKind.EMPTY:
@@ -305,6 +309,11 @@ def split_statements(sql: str) -> tuple[Statement, ...]:
     if current:
         out.append(_chunk(data, current))
     return tuple(out)
+
+
+def _invalid(sql: str, error: str) -> Statement:
+    text = sql.strip()
+    return Statement(text, text, StatementKind.INVALID, "", parse_error=error)
 
 
 def _split_with_parser(sql: str) -> tuple[Statement, ...]:
