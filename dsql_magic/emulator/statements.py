@@ -158,10 +158,9 @@ class Statement:
         if self.kind is StatementKind.EMPTY:
             return True
         if self.kind is StatementKind.UTILITY:
-            return self.node_name in {
-                "variable_show_stmt",
-                "explain_stmt",
-            } and not _explain_analyzes(self.inner)
+            if self.node_name == "explain_stmt":
+                return not _explain_analyzes(self.inner)
+            return self.node_name == "variable_show_stmt"
         return False
 
 
@@ -245,11 +244,19 @@ class _Token:
     upper: str  # the token's text, upper-cased (for IDENT-valued keywords like ASYNC, AWS, IAM)
 
 
+def _token_name(value: int) -> str:
+    """libpg_query names single-character tokens by their code, but not every code has a name."""
+    try:
+        return str(pb.Token.Name(value))
+    except ValueError:
+        return f"ASCII_{value}"
+
+
 def _tokens(data: bytes) -> list[_Token]:
     scanned = postgast.scan(data.decode("utf-8"))
     out = []
     for t in scanned.tokens:
-        name = pb.Token.Name(t.token)
+        name = _token_name(t.token)
         if name in {"SQL_COMMENT", "C_COMMENT"}:
             continue
         out.append(_Token(t.start, t.end, name, data[t.start : t.end].decode("utf-8").upper()))
