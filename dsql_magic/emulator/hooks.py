@@ -1,0 +1,137 @@
+"""Statement hooks: how DSQL's rules plug into the session without the session knowing them.
+
+A hook is any object with some of the async methods below (docs/internals.md, "Statement hooks");
+the session calls the ones it has, in the cluster's hook order, and skips the others::
+
+    async def before(self, stmt: Statement, ctx: StatementContext) -> Reply | None
+    async def after(self, stmt: Statement, result: CommandResult, ctx: StatementContext) -> None
+    async def before_commit(self, ctx: StatementContext) -> None
+    async def after_end(self, ctx: StatementContext, committed: bool) -> None
+    async def on_connect(self, ctx: StatementContext) -> None
+    async def on_disconnect(self, ctx: StatementContext) -> None
+
+Refusals are raised as `DsqlError`. This module holds only the types hooks and the session share:
+no I/O, no rules, no import of the session or server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .cluster import Cluster
+
+HOOK_METHODS = ("before", "after", "before_commit", "after_end", "on_connect", "on_disconnect")
+
+TEXT_OID = 25  # PostgreSQL's `text` type: the default column type of a Synthetic reply
+
+
+class Hook(Protocol):
+    """Marker for a statement hook: any object; it defines whichever of HOOK_METHODS it needs."""
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """One result of internal SQL run through `StatementContext.execute`, in text form.
+
+    ``columns`` are the column names (empty for a command without rows), ``rows`` the values as
+    PostgreSQL's text output (``None`` for NULL), ``tag`` the command tag, e.g. ``"SELECT 2"``.
+    """
+
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str | None, ...], ...]
+    tag: str
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """How PostgreSQL completed a client statement: its command tag (``"UPDATE 3"``)."""
+
+    tag: str
+
+    @property
+    def command(self) -> str:
+        """The tag's command words, e.g. ``"UPDATE"`` or ``"CREATE INDEX"``."""
+        words = self.tag.split()
+        while words and words[-1].isdigit():
+            words.pop()
+        return " ".join(words)
+
+    @property
+    def rows_affected(self) -> int | None:
+        """The row count the tag reports (``INSERT 0 5`` → 5), or None if it has none."""
+        last = self.tag.rsplit(" ", 1)[-1]
+        if last.isdigit() and " " in self.tag:
+            return int(last)
+        return None
+
+
+@dataclass(frozen=True)
+class Forward:
+    """Run ``sql`` on PostgreSQL instead of the client's statement (one statement)."""
+
+    sql: str
+
+
+@dataclass(frozen=True)
+class Synthetic:
+    """Answer the statement without PostgreSQL: a row set (possibly empty) and a command tag.
+
+    Values are sent in text form (``str(value)``, ``None`` as NULL). ``types`` are PostgreSQL type
+    OIDs per column, ``text`` by default. With no columns, only the tag is sent (e.g. ``"SET"``).
+    """
+
+    columns: Sequence[str]
+    rows: Sequence[Sequence[object]]
+    tag: str
+    types: Sequence[int] | None = None
+
+    def column_types(self) -> tuple[int, ...]:
+        """One type OID per column."""
+        if self.types is None:
+            return tuple(TEXT_OID for _ in self.columns)
+        if len(self.types) != len(self.columns):
+            raise ValueError("Synthetic: types must have one OID per column")
+        return tuple(self.types)
+
+
+Reply = Forward | Synthetic
+
+Executor = Callable[[str, Sequence[object]], Awaitable[list[QueryResult]]]
+
+
+@dataclass(eq=False)
+class StatementContext:
+    """What a hook may know and do about the session running the statement.
+
+    The session owns it and keeps ``in_transaction`` current; ``txn`` is replaced by a fresh dict
+    at each transaction start, ``session`` lives as long as the connection.
+    """
+
+    session_id: int
+    user: str
+    cluster: Cluster
+    executor: Executor = field(repr=False)
+    in_transaction: bool = False
+    txn: dict[str, Any] = field(default_factory=dict)
+    session: dict[str, Any] = field(default_factory=dict)
+
+    async def execute(self, sql: str, params: Sequence[object] = ()) -> list[QueryResult]:
+        """Run internal SQL on this session's backend, inside its current transaction.
+
+        ``params`` bind to ``$1``, ``$2``… in text form. Returns one `QueryResult` per statement.
+        A PostgreSQL error is raised as `DsqlError` with PostgreSQL's SQLSTATE and message.
+        """
+        return await self.executor(sql, params)
+
+
+def bound_methods(hooks: Sequence[object], name: str) -> tuple[Callable[..., Any], ...]:
+    """The hooks' methods called ``name``, in hook order (hooks without it are skipped)."""
+    out = []
+    for hook in hooks:
+        method = getattr(hook, name, None)
+        if method is not None:
+            out.append(method)
+    return tuple(out)
