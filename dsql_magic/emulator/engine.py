@@ -291,9 +291,9 @@ class Engine:
             cmd,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            user=self._run_as,
             cwd=self.pgdata,
             check=False,
+            **self._as_user(),
         )
         if result.returncode != 0:
             tail = result.stdout.decode(errors="replace").strip().splitlines()[-5:]
@@ -358,8 +358,8 @@ class Engine:
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
-            user=self._run_as,
             cwd=self.pgdata,
+            **self._as_user(),
             start_new_session=True,  # the terminal's Ctrl-C goes to the emulator, which stops us
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
@@ -396,6 +396,14 @@ class Engine:
         except OSError:
             return "no log"
         return " | ".join(text[-lines:]) or "no log output"
+
+    def _as_user(self) -> dict[str, Any]:
+        """subprocess arguments that drop root: user, its group, and no supplementary groups."""
+        if self._run_as is None:
+            return {}
+        entry = pwd.getpwnam(self._run_as)
+        # Keeping root's groups would put PostgreSQL in the "group" class of root-owned dirs.
+        return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
     def _chown(self, path: Path) -> None:
         if self._run_as is not None:
