@@ -1,0 +1,174 @@
+"""Query results as DataFrames with faithful dtypes, and their display (limit, notes, tags).
+
+Conversion is column-wise by PostgreSQL type OID, so a column's dtype depends on its SQL type and
+never on whether it happens to contain NULLs: integers are nullable ``Int64``, booleans
+``boolean``, ``timestamptz`` timezone-aware UTC, ``timestamp`` naive, ``interval`` timedelta,
+``numeric`` ``Decimal`` (or float64 with ``numeric_as="float"``), ``uuid`` `uuid.UUID` objects,
+text pandas' string dtype.
+
+`DsqlFrame` is a pandas DataFrame that remembers the display limit and the notes of the cell
+that made it (retries, command tags of later statements) and shows them; everything derived
+from it (slices, copies, arithmetic) is a plain DataFrame. Display objects carry both
+``_repr_html_`` and ``__repr__``. This module never prints and never touches a connection.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+# PostgreSQL type OIDs (pg_type.dat); stable across versions.
+BOOL, BYTEA, INT8, INT2, INT4, OID = 16, 17, 20, 21, 23, 26
+FLOAT4, FLOAT8, NUMERIC = 700, 701, 1700
+DATE, TIME, TIMESTAMP, TIMESTAMPTZ, INTERVAL = 1082, 1083, 1114, 1184, 1186
+_INTEGERS = frozenset({INT2, INT4, INT8, OID})
+_FLOATS = frozenset({FLOAT4, FLOAT8})
+NUMERIC_AS = ("decimal", "float")
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type_oid: int
+
+
+def _objects(values: Sequence[Any]) -> np.ndarray:
+    """An object array of ``values`` (never 2-D, even when values are tuples or lists)."""
+    arr = np.empty(len(values), dtype=object)
+    arr[:] = values
+    return arr
+
+
+def _convert(values: Sequence[Any], oid: int, numeric_as: str) -> Any:
+    n = len(values)
+    if oid in _INTEGERS:
+        try:
+            ints = np.fromiter(values, dtype=np.int64, count=n)
+        except TypeError:  # NULLs
+            return pd.array(_objects(values), dtype="Int64")
+        return pd.arrays.IntegerArray(ints, np.zeros(n, dtype=np.bool_))
+    if oid in _FLOATS or (oid == NUMERIC and numeric_as == "float"):
+        try:
+            return np.fromiter(values, dtype=np.float64, count=n)
+        except TypeError:
+            return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+    if oid == BOOL:
+        return pd.array(_objects(values), dtype="boolean")
+    if oid == TIMESTAMPTZ:
+        return pd.to_datetime(_objects(values), utc=True)
+    if oid == TIMESTAMP:
+        return pd.to_datetime(_objects(values))
+    if oid == INTERVAL:
+        return pd.to_timedelta(_objects(values))
+    return _objects(values)
+
+
+def to_dataframe(
+    columns: Sequence[Column], rows: Sequence[tuple[Any, ...]], *, numeric_as: str = "decimal"
+) -> pd.DataFrame:
+    """A DataFrame from rows as psycopg returns them (tuples), typed by the columns' OIDs."""
+    if not columns:
+        return pd.DataFrame()
+    if rows:
+        transposed: list[Sequence[Any]] = list(zip(*rows, strict=True))
+    else:
+        transposed = [() for _ in columns]
+    data: dict[int, Any] = {}
+    for i, (col, values) in enumerate(zip(columns, transposed, strict=True)):
+        data[i] = _convert(values, col.type_oid, numeric_as)
+    df = pd.DataFrame(data, copy=False)
+    df.columns = pd.Index([c.name for c in columns], dtype=object)
+    return df
+
+
+class DsqlFrame(pd.DataFrame):
+    """The DataFrame a cell returns: displays at most ``displaylimit`` rows, with its notes."""
+
+    _metadata: ClassVar[list[str]] = ["_dsql_limit", "_dsql_notes"]
+
+    @property
+    def _constructor(self) -> type[pd.DataFrame]:
+        # Anything derived from the cell's result is an ordinary DataFrame.
+        return pd.DataFrame
+
+    @classmethod
+    def wrap(cls, df: pd.DataFrame, *, limit: int | None, notes: Sequence[str] = ()) -> DsqlFrame:
+        out = cls(df, copy=False)
+        out._dsql_limit = limit
+        out._dsql_notes = list(notes)
+        return out
+
+    def _limit(self) -> int | None:
+        limit = getattr(self, "_dsql_limit", None)
+        return limit if limit and len(self) > limit else None
+
+    def _all_notes(self) -> list[str]:
+        notes: list[str] = []
+        limit = self._limit()
+        if limit is not None:
+            notes.append(f"showing {limit} of {len(self)} rows")
+        notes.extend(getattr(self, "_dsql_notes", None) or [])
+        return notes
+
+    def _shown(self) -> pd.DataFrame:
+        limit = self._limit()
+        return pd.DataFrame(self.head(limit) if limit is not None else self, copy=False)
+
+    def _repr_html_(self) -> str | None:
+        shown: Any = self._shown()  # pandas-stubs does not declare _repr_html_
+        inner = shown._repr_html_()
+        if inner is None:
+            return None
+        notes = "".join(
+            f'<p class="dsql-note" style="margin:2px 0;font-size:90%;color:#666">'
+            f"{html.escape(n)}</p>"
+            for n in self._all_notes()
+        )
+        return inner + notes
+
+    def __repr__(self) -> str:
+        text = repr(self._shown())
+        notes = self._all_notes()
+        return text + ("\n" + "\n".join(notes) if notes else "")
+
+
+@dataclass
+class CommandResult:
+    """What a cell without a result set shows: its statements' command tags (``INSERT 0 3``)."""
+
+    tags: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        return "\n".join([*self.tags, *self.notes]) or "OK"
+
+    def _repr_html_(self) -> str:
+        lines = [html.escape(t) for t in self.tags] + [
+            f'<span style="color:#666">{html.escape(n)}</span>' for n in self.notes
+        ]
+        return "<pre>" + "\n".join(lines or ["OK"]) + "</pre>"
+
+
+@dataclass
+class Message:
+    """A short text shown as the output of a subcommand (``connected to …``)."""
+
+    text: str
+
+    def __repr__(self) -> str:
+        return self.text
+
+    def _repr_html_(self) -> str:
+        return f"<pre>{html.escape(self.text)}</pre>"
+
+
+def table(rows: Sequence[dict[str, Any]], empty: str) -> pd.DataFrame | Message:
+    """Listing subcommands (connections, clusters) return a DataFrame, or a message when empty."""
+    if not rows:
+        return Message(empty)
+    return pd.DataFrame(list(rows))
