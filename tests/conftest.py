@@ -5,3 +5,4 @@ from __future__ import annotations
 pytest_plugins: list[str] = []
 pytest_plugins.append("tests.fix_explain_pg")
 pytest_plugins.append("tests.fix_dialect_pg")
+pytest_plugins.append("tests.fix_emuexplain_pg")
