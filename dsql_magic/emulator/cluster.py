@@ -167,19 +167,26 @@ class Cluster:
 # Hook modules in the order of docs/internals.md, with the factory each is expected to export.
 # A module that does not exist yet is skipped, so the emulator runs as a plain TLS+IAM front.
 _HOOK_FACTORIES: tuple[tuple[str, str], ...] = (
-    ("dsql_magic.emulator.policy", "make_hook"),
-    ("dsql_magic.emulator.transactions", "make_hook"),
-    ("dsql_magic.emulator.occ", "make_hook"),
-    ("dsql_magic.emulator.catalog", "make_hook"),
-    ("dsql_magic.emulator.explain", "make_hook"),
-    ("dsql_magic.emulator.metering", "make_hook"),
+    ("dsql_magic.emulator.policy", "make_hook"),  # dialect (issue 4)
+    ("dsql_magic.emulator.txnrules", "make_hook"),  # transaction rules and limits (issue 4)
+    ("dsql_magic.emulator.occ", "make_hook"),  # OCC and schema version (issue 5)
+    ("dsql_magic.emulator.sys_catalog", "make_hook"),  # sys schema (issue 5)
+    ("dsql_magic.emulator.jobs", "make_hook"),  # async jobs (issue 5)
+    ("dsql_magic.emulator.explain", "make_hook"),  # DSQL-shaped EXPLAIN (issue 6)
+    ("dsql_magic.emulator.metering", "make_hook"),  # DPU meter (issue 6)
 )
 
 
 def default_hooks(config: Any = None) -> list[object]:
-    """The hooks of the modules that exist, in order; each built by its ``make_hook(config)``."""
+    """The hooks of the modules that exist, in order; each built by its ``make_hook(config)``.
+
+    ``config.disabled_hooks`` (module short names, e.g. ``{"policy"}``) leaves some out.
+    """
+    disabled = set(getattr(config, "disabled_hooks", ()) or ())
     hooks: list[object] = []
     for module_name, factory_name in _HOOK_FACTORIES:
+        if module_name.rsplit(".", 1)[-1] in disabled:
+            continue
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:

@@ -1,0 +1,178 @@
+"""One raw wire connection to the embedded PostgreSQL, over its unix socket.
+
+The session relays client bytes through it mostly undecoded; this module only opens the connection
+(startup with trust authentication), reads and writes frames, runs internal SQL before the relay
+starts (`execute`), and sends CancelRequests. It must not know DSQL's rules or the client side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+
+from . import errors, protocol
+from .cluster import BackendAddress
+from .errors import DsqlError
+from .hooks import QueryResult
+
+# Startup parameters a client may pass on to PostgreSQL (others, like `options`, are dropped:
+# they could change settings DSQL does not let clients change).
+PASSTHROUGH_PARAMS = frozenset(
+    {
+        "application_name",
+        "client_encoding",
+        "DateStyle",
+        "datestyle",
+        "IntervalStyle",
+        "intervalstyle",
+        "TimeZone",
+        "timezone",
+        "extra_float_digits",
+        "search_path",
+    }
+)
+
+_READ_SIZE = 256 * 1024
+
+
+class Backend:
+    """A PostgreSQL connection as a pair of streams plus the data learnt at startup."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.pid = 0
+        self.secret = 0
+        self.status = b"I"
+        self.parameters: dict[str, str] = {}
+
+    @classmethod
+    async def connect(
+        cls, address: BackendAddress, user: str, params: dict[str, str] | None = None
+    ) -> tuple[Backend, list[bytes]]:
+        """Open and authenticate; returns the backend and the frames to relay to the client.
+
+        Those frames are PostgreSQL's ParameterStatus and notices sent during startup. A startup
+        failure (for example an unknown role) is raised as PostgreSQL's `DsqlError`, FATAL.
+        """
+        try:
+            reader, writer = await asyncio.open_unix_connection(
+                str(address.socket_path), limit=_READ_SIZE
+            )
+        except OSError as exc:
+            raise errors.backend_unavailable() from exc
+        self = cls(reader, writer)
+        startup = {"user": user, "database": address.database}
+        for key, value in (params or {}).items():
+            if key in PASSTHROUGH_PARAMS:
+                startup[key] = value
+        writer.write(protocol.encode_startup(startup))
+        relay: list[bytes] = []
+        try:
+            while True:
+                type_, body, raw = await self.read_frame()
+                if type_ == b"R":
+                    if protocol.parse_auth(body) != 0:
+                        raise errors.internal_error("the storage engine asked for a password")
+                elif type_ == b"S":
+                    name, value = protocol.parse_parameter_status(body)
+                    self.parameters[name] = value
+                    relay.append(raw)
+                elif type_ == b"K":
+                    self.pid, self.secret = protocol.parse_backend_key(body)
+                elif type_ == b"N":
+                    relay.append(raw)
+                elif type_ == b"E":
+                    err = protocol.parse_error_fields(body).to_error()
+                    err.severity = "FATAL"
+                    raise err
+                elif type_ == b"Z":
+                    self.status = body[:1]
+                    return self, relay
+        except BaseException:
+            self.close()
+            raise
+
+    async def read_frame(self) -> tuple[bytes, bytes, bytes]:
+        """(type, body, raw frame) of the next message; EOF raises `backend_unavailable`."""
+        try:
+            header = await self.reader.readexactly(5)
+            length = int.from_bytes(header[1:5], "big")
+            body = await self.reader.readexactly(length - 4)
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            raise errors.backend_unavailable() from exc
+        return header[:1], body, header + body
+
+    async def read_chunk(self) -> bytes:
+        """Whatever bytes are available (b"" at EOF)."""
+        try:
+            return await self.reader.read(_READ_SIZE)
+        except ConnectionError:
+            return b""
+
+    def write(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    async def execute(self, sql: str, params: Sequence[object] = ()) -> list[QueryResult]:
+        """Run internal SQL while no relay is active (simple protocol, or extended with params)."""
+        if params:
+            self.write(
+                protocol.encode_parse("", sql)
+                + protocol.encode_bind("", "", [protocol.encode_text_param(p) for p in params])
+                + protocol.encode_describe("P", "")
+                + protocol.encode_execute("")
+                + protocol.SYNC
+            )
+        else:
+            self.write(protocol.encode_query(sql))
+        results: list[QueryResult] = []
+        columns: tuple[str, ...] = ()
+        rows: list[tuple[str | None, ...]] = []
+        error: DsqlError | None = None
+        while True:
+            type_, body, _ = await self.read_frame()
+            if type_ == b"T":
+                columns = protocol.parse_row_description(body)
+            elif type_ == b"D":
+                rows.append(protocol.parse_data_row(body))
+            elif type_ == b"C":
+                results.append(
+                    QueryResult(columns, tuple(rows), protocol.parse_command_complete(body))
+                )
+                columns, rows = (), []
+            elif type_ == b"E":
+                error = protocol.parse_error_fields(body).to_error()
+            elif type_ == b"Z":
+                self.status = body[:1]
+                if error is not None:
+                    raise error
+                return results
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            if not self.writer.is_closing():
+                self.writer.write(protocol.TERMINATE)
+            self.writer.close()
+
+    async def wait_closed(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.writer.wait_closed()
+
+
+async def send_cancel(address: BackendAddress, pid: int, secret: int) -> None:
+    """Ask PostgreSQL to cancel what backend ``pid`` is running (a new short connection)."""
+    try:
+        reader, writer = await asyncio.open_unix_connection(str(address.socket_path))
+    except OSError:
+        return
+    try:
+        writer.write(protocol.encode_cancel(pid, secret))
+        await writer.drain()
+        # PostgreSQL closes the connection once it has handled the request.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(reader.read(1), timeout=5)
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()

@@ -1,0 +1,1000 @@
+"""One client session: startup and token auth, then a relay to PostgreSQL that runs the hooks.
+
+The transport (server.py) hands over a connected, TLS-wrapped stream pair and the client's
+StartupMessage. The session authenticates (the password is an IAM token checked by
+``cluster.verifier``), opens its own PostgreSQL backend and relays frames both ways:
+
+* client → backend (`_client_loop`): frames are decoded only where a decision is needed (Query,
+  Parse, Bind, Describe, Execute, Close, Sync); everything else is forwarded as bytes. The statement
+  hooks of docs/internals.md run here, in order, and may refuse (`DsqlError`), rewrite (`Forward`)
+  or answer (`Synthetic`) a statement.
+* backend → client (`_backend_loop`): frames are matched against a queue of expected responses
+  (`_Unit`s), so replies the session makes itself keep their place in a pipeline, and so
+  CommandComplete / ReadyForQuery / ErrorResponse can be held, rewritten or swallowed.
+
+How refusals abort a transaction: the refused statement is replaced, on the backend, by a statement
+that fails (`_FAIL_SQL`), and its error is replaced by the refusal. PostgreSQL then does the rest
+exactly as DSQL: later statements in the block get 25P02, COMMIT answers ROLLBACK, the extended
+protocol discards until Sync.
+
+It must not open listening sockets or handle TLS (server.py), nor know DSQL's rules (hooks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import limits
+from . import errors, protocol
+from .backend import Backend, send_cancel
+from .cluster import Cluster, SessionHandle
+from .errors import DsqlError
+from .hooks import (
+    CommandResult,
+    Forward,
+    QueryResult,
+    StatementContext,
+    Synthetic,
+    bound_methods,
+)
+from .statements import Statement, StatementKind, split_statements
+
+log = logging.getLogger(__name__)
+
+# Fails during parse analysis (so at Parse in the extended protocol), with no side effect.
+_FAIL_SQL = "SELECT 'dsql-emulator refusal'::pg_catalog.int4"
+_BEGIN_SQL = "BEGIN ISOLATION LEVEL REPEATABLE READ"
+_INTERNAL = "_dsql_emulator_internal"
+_READ_SIZE = 256 * 1024
+_HIGH_WATER = 1 << 20  # drain the client writer above this many buffered bytes
+
+
+class UnitKind(enum.Enum):
+    """A response the backend owes us (or one the session will send itself)."""
+
+    QUERY = "query"  # simple Query or FunctionCall: ends at ReadyForQuery
+    PARSE = "parse"
+    BIND = "bind"
+    DESCRIBE = "describe"
+    EXECUTE = "execute"
+    CLOSE = "close"
+    SYNC = "sync"
+    SYNTHETIC = "synthetic"  # bytes the session sends when this unit reaches the queue's head
+
+
+_END_BY_TYPE: dict[bytes, frozenset[UnitKind]] = {
+    b"1": frozenset({UnitKind.PARSE}),
+    b"2": frozenset({UnitKind.BIND}),
+    b"3": frozenset({UnitKind.CLOSE}),
+    b"T": frozenset({UnitKind.DESCRIBE}),
+    b"n": frozenset({UnitKind.DESCRIBE}),
+    b"C": frozenset({UnitKind.EXECUTE}),
+    b"I": frozenset({UnitKind.EXECUTE}),
+    b"s": frozenset({UnitKind.EXECUTE}),
+    b"Z": frozenset({UnitKind.QUERY, UnitKind.SYNC}),
+}
+
+
+@dataclass(eq=False)
+class _Unit:
+    kind: UnitKind
+    relay: bool = True  # relay the backend's frames for this unit to the client
+    errors_only: bool = False  # with relay=False: still relay an ErrorResponse
+    hold_ready: bool = False  # keep ReadyForQuery back (the session sends its own)
+    hold_complete: bool = False  # keep CommandComplete back (sent after the `after` hooks)
+    replace_error: DsqlError | None = None  # send this instead of the backend's error
+    collect: bool = False  # decode rows (internal SQL)
+    data: bytes = b""  # SYNTHETIC only
+    future: asyncio.Future[None] | None = None
+    # What happened:
+    tag: str | None = None
+    error: DsqlError | None = None
+    status: bytes | None = None
+    skipped: bool = False
+    results: list[QueryResult] = field(default_factory=list)
+    columns: tuple[str, ...] = ()
+    rows: list[tuple[str | None, ...]] = field(default_factory=list)
+
+
+@dataclass
+class _Prepared:
+    """What the session knows about a prepared statement or portal."""
+
+    stmt: Statement | None
+    synthetic: Synthetic | None = None
+    param_types: tuple[int, ...] = ()
+
+
+class Session:
+    """A client connection after its StartupMessage; `run()` returns when it has ended."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        startup: protocol.StartupMessage,
+    ) -> None:
+        self.cluster = cluster
+        self.reader = reader
+        self.writer = writer
+        self.startup = startup
+        self.user = startup.params.get("user", "")
+        self.backend: Backend | None = None
+        self.handle: SessionHandle | None = None
+        self.ctx: StatementContext | None = None
+        self.pending: deque[_Unit] = deque()
+        self.prepared: dict[str, _Prepared] = {}
+        self.portals: dict[str, _Prepared] = {}
+        self.status = b"I"  # the client-visible transaction status
+        self.explicit = False  # an explicit BEGIN block is open
+        self.discard = False  # our refusal in the extended protocol: drop client frames to Sync
+        self.ext_batch = False  # extended-protocol frames were sent since the last Sync
+        self.ext_failed = False  # the backend reported an extended-protocol error, not yet synced
+        self.ext_implicit = False  # we opened an internal transaction around extended writes
+        self.copy_in = asyncio.Event()
+        self.closing = False
+        self.expired = False
+        self._backend_task: asyncio.Task[None] | None = None
+        self._age_timer: asyncio.TimerHandle | None = None
+        hooks = cluster.hooks
+        self.h_before = bound_methods(hooks, "before")
+        self.h_after = bound_methods(hooks, "after")
+        self.h_before_commit = bound_methods(hooks, "before_commit")
+        self.h_after_end = bound_methods(hooks, "after_end")
+        self.h_connect = bound_methods(hooks, "on_connect")
+        self.h_disconnect = bound_methods(hooks, "on_disconnect")
+        self.any_hooks = bool(
+            self.h_before or self.h_after or self.h_before_commit or self.h_after_end
+        )
+        self.limit = cluster.settings.max_message_bytes
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Authenticate, relay until either side ends, then clean up."""
+        try:
+            await asyncio.wait_for(self._authenticate(), self.cluster.settings.startup_timeout)
+        except DsqlError as err:
+            await self._fatal(err)
+            return
+        except (asyncio.TimeoutError, TimeoutError):
+            await self._fatal(errors.protocol_violation("timeout waiting for authentication"))
+            return
+        except (ConnectionError, asyncio.IncompleteReadError, protocol.ProtocolError):
+            return
+        assert self.backend is not None and self.handle is not None
+        loop = asyncio.get_running_loop()
+        self._age_timer = loop.call_later(self.cluster.settings.max_connection_age, self._expire)
+        self._backend_task = asyncio.create_task(self._backend_loop())
+        try:
+            await self._hooks_connect()
+            await self._client_loop()
+        except DsqlError as err:
+            await self._fatal(err)
+        except protocol.TooLarge as exc:
+            await self._fatal(errors.message_too_large(exc.size, exc.limit))
+        except protocol.ProtocolError as exc:
+            await self._fatal(errors.protocol_violation(str(exc)))
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            await self._cleanup()
+
+    async def close_for_shutdown(self) -> None:
+        """Tell the client the server is stopping and end the session."""
+        await self._fatal(errors.server_shutting_down())
+
+    async def _cleanup(self) -> None:
+        self.closing = True
+        if self._age_timer is not None:
+            self._age_timer.cancel()
+        if self.ctx is not None and self.h_disconnect:
+            for hook in self.h_disconnect:
+                with contextlib.suppress(Exception):
+                    await hook(self.ctx)
+        if self._backend_task is not None:
+            self._backend_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._backend_task
+        self._fail_pending()
+        if self.backend is not None:
+            self.backend.close()
+            await self.backend.wait_closed()
+        if self.handle is not None:
+            self.cluster.unregister(self.handle)
+        self._close_client()
+
+    def _close_client(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.close()
+
+    async def _fatal(self, err: DsqlError) -> None:
+        """Send a FATAL error if the client can still hear it, then close."""
+        self.closing = True
+        with contextlib.suppress(Exception):
+            if not self.writer.is_closing():
+                self.writer.write(protocol.encode_error(err))
+                await asyncio.wait_for(self.writer.drain(), 5)
+        self._close_client()
+
+    def _expire(self) -> None:
+        """Max connection age reached: close now if idle, else after the current exchange."""
+        self.expired = True
+        if not self.pending:
+            self._close_expired()
+
+    def _close_expired(self) -> None:
+        self.closing = True
+        with contextlib.suppress(Exception):
+            self.writer.write(protocol.encode_error(errors.connection_age_exceeded()))
+        self._close_client()
+        if self.backend is not None:
+            self.backend.close()
+
+    # --- startup -----------------------------------------------------------------------------
+
+    async def _authenticate(self) -> None:
+        params = self.startup.params
+        if not self.user:
+            raise errors.access_denied("Connect with a user name (for example admin).")
+        database = params.get("database") or limits.DEFAULT_DATABASE
+        if database != limits.DEFAULT_DATABASE:
+            raise errors.database_does_not_exist(database)
+        unsupported = [k for k in params if k.startswith("_pq_.")]
+        if self.startup.minor != 0 or unsupported:
+            self.writer.write(protocol.encode_negotiate_version(0, unsupported))
+        self.writer.write(protocol.encode_auth_cleartext())
+        await self.writer.drain()
+        header = await self.reader.readexactly(5)
+        if header[:1] != b"p":
+            raise errors.password_required()
+        length = int.from_bytes(header[1:5], "big")
+        if length < 5 or length > 64 * 1024:
+            raise errors.protocol_violation("invalid password message length")
+        token = protocol.parse_password(await self.reader.readexactly(length - 4))
+        if not token:
+            raise errors.password_required()
+        server_names = set(self.cluster.settings.server_names)
+        self.cluster.verifier.verify(token, self.user, server_names=server_names)
+        del token
+        self.backend, relay = await Backend.connect(self.cluster.backend, self.user, params)
+        self.handle = self.cluster.register(self.user)
+        self.handle.backend_pid = self.backend.pid
+        self.handle.backend_secret = self.backend.secret
+        self.status = self.backend.status
+        out = [protocol.encode_auth_ok(), *relay]
+        out.append(protocol.encode_backend_key(self.handle.session_id, self.handle.secret))
+        out.append(protocol.encode_ready(self.status))
+        self.writer.write(b"".join(out))
+        await self.writer.drain()
+        self.ctx = StatementContext(
+            session_id=self.handle.session_id,
+            user=self.user,
+            cluster=self.cluster,
+            executor=self._internal,
+        )
+
+    async def _hooks_connect(self) -> None:
+        assert self.ctx is not None
+        for hook in self.h_connect:
+            await hook(self.ctx)
+
+    # --- backend → client --------------------------------------------------------------------
+
+    async def _backend_loop(self) -> None:
+        assert self.backend is not None
+        fb = protocol.FrameBuffer(1 << 30)
+        writer = self.writer
+        try:
+            while True:
+                data = await self.backend.read_chunk()
+                if not data:
+                    break
+                fb.feed(data)
+                out: list[bytes] = []
+                extra: list[bytes] = []
+                run_start = run_end = -1
+                while (item := fb.next_frame()) is not None:
+                    type_, start, end = item
+                    relay = self._on_backend(bytes((type_,)), fb, start, end, extra)
+                    if relay:
+                        if run_start < 0:
+                            run_start = start
+                        run_end = end
+                    if (extra or not relay) and run_start >= 0:
+                        out.append(fb.raw(run_start, run_end))
+                        run_start = -1
+                    if extra:
+                        out.extend(extra)
+                        extra.clear()
+                if run_start >= 0:
+                    out.append(fb.raw(run_start, run_end))
+                if out:
+                    writer.write(b"".join(out))
+                    if writer.transport.get_write_buffer_size() > _HIGH_WATER:
+                        await writer.drain()
+                if self.expired and not self.pending:
+                    self._close_expired()
+                    return
+        except (ConnectionError, protocol.ProtocolError):
+            pass
+        finally:
+            self._fail_pending()
+            if not self.closing:
+                self.closing = True
+                with contextlib.suppress(Exception):
+                    writer.write(protocol.encode_error(errors.backend_unavailable()))
+                self._close_client()
+
+    def _on_backend(
+        self, t: bytes, fb: protocol.FrameBuffer, start: int, end: int, out: list[bytes]
+    ) -> bool:
+        """Handle one backend frame: True to relay it as is; `out` gets what follows it."""
+        if t in (b"N", b"S", b"A"):
+            return True
+        if not self.pending:
+            return True
+        head = self.pending[0]
+        relay = head.relay
+        ends = t in _END_BY_TYPE and head.kind in _END_BY_TYPE[t]
+        verbatim = relay
+        if t == b"D":
+            if head.collect:
+                head.rows.append(protocol.parse_data_row(fb.body(start, end)))
+            return relay
+        if t == b"E":
+            body = fb.body(start, end)
+            err = protocol.parse_error_fields(body).to_error()
+            head.error = err
+            if head.replace_error is not None:
+                out.append(protocol.encode_error(head.replace_error))
+                verbatim = False
+            else:
+                verbatim = relay or head.errors_only
+            if head.kind is not UnitKind.QUERY:
+                self.copy_in.clear()
+                self._end(head)
+                self._drop_until_sync()
+                self._flush_synthetic(out)
+                return verbatim
+            self.copy_in.clear()
+            return verbatim
+        if t == b"C":
+            tag = protocol.parse_command_complete(fb.body(start, end))
+            head.tag = tag
+            if head.collect:
+                head.results.append(QueryResult(head.columns, tuple(head.rows), tag))
+                head.columns, head.rows = (), []
+            if head.hold_complete:
+                verbatim = False
+            self.copy_in.clear()
+        elif t == b"Z":
+            status = fb.body(start, end)[:1]
+            head.status = status
+            self.status = status
+            if head.hold_ready:
+                verbatim = False
+            if head.kind is UnitKind.SYNC:
+                self.ext_failed = False
+        elif t == b"T":
+            if head.collect:
+                head.columns = protocol.parse_row_description(fb.body(start, end))
+        elif t == b"G":
+            self.copy_in.set()
+        if ends or t == b"Z":
+            self._end(head)
+            self._flush_synthetic(out)
+        return verbatim
+
+    def _end(self, unit: _Unit) -> None:
+        if self.pending and self.pending[0] is unit:
+            self.pending.popleft()
+        else:
+            with contextlib.suppress(ValueError):
+                self.pending.remove(unit)
+        if unit.future is not None and not unit.future.done():
+            unit.future.set_result(None)
+
+    def _drop_until_sync(self) -> None:
+        """After an extended-protocol error PostgreSQL ignores everything up to Sync."""
+        self.ext_failed = True
+        while self.pending and self.pending[0].kind not in (UnitKind.SYNC, UnitKind.QUERY):
+            unit = self.pending[0]
+            unit.skipped = True
+            self._end(unit)
+
+    def _flush_synthetic(self, out: list[bytes]) -> None:
+        while self.pending and self.pending[0].kind is UnitKind.SYNTHETIC:
+            unit = self.pending[0]
+            out.append(unit.data)
+            self._end(unit)
+
+    def _fail_pending(self) -> None:
+        while self.pending:
+            unit = self.pending.popleft()
+            unit.skipped = True
+            if unit.future is not None and not unit.future.done():
+                unit.future.set_result(None)
+
+    # --- queueing helpers (client side) ---------------------------------------------------------
+
+    def _expect(self, unit: _Unit) -> _Unit:
+        self.pending.append(unit)
+        return unit
+
+    def _send_synthetic(self, data: bytes) -> None:
+        """Send bytes to the client in their place among pending responses."""
+        if not self.pending:
+            self.writer.write(data)
+        else:
+            self.pending.append(_Unit(UnitKind.SYNTHETIC, data=data))
+
+    def _send(self, data: bytes) -> None:
+        assert self.backend is not None
+        self.backend.write(data)
+
+    async def _wait(self, unit: _Unit, *, flush: bool = False) -> None:
+        """Wait for a unit's response, pumping COPY data from the client meanwhile."""
+        loop = asyncio.get_running_loop()
+        if unit.future is None:
+            unit.future = loop.create_future()
+        if unit not in self.pending:
+            if not unit.future.done():
+                unit.future.set_result(None)
+            return
+        if flush:
+            self._send(protocol.FLUSH)
+        while not unit.future.done():
+            if self._backend_task is None or self._backend_task.done():
+                raise errors.backend_unavailable()
+            copy_wait = asyncio.ensure_future(self.copy_in.wait())
+            waiting: set[asyncio.Future[Any]] = {unit.future, copy_wait, self._backend_task}
+            await asyncio.wait(
+                waiting,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            copy_wait.cancel()
+            if self.copy_in.is_set() and not unit.future.done():
+                await self._pump_copy()
+
+    async def _pump_copy(self) -> None:
+        """Forward the client's CopyData/CopyDone/CopyFail while the backend is in COPY IN."""
+        while True:
+            type_, _body, raw = await self._read_client_frame()
+            if type_ in (b"d", b"c", b"f"):
+                self._send(raw)
+                if type_ != b"d":
+                    self.copy_in.clear()
+                    return
+            elif type_ in (b"H", b"S"):
+                self._send(raw)
+            else:
+                raise errors.protocol_violation("unexpected message during COPY")
+
+    # --- client → backend --------------------------------------------------------------------
+
+    _client_fb: protocol.FrameBuffer | None = None
+
+    async def _read_client_frame(self) -> tuple[bytes, bytes, bytes]:
+        fb = self._client_fb
+        assert fb is not None
+        while True:
+            item = fb.next_frame()
+            if item is not None:
+                type_, start, end = item
+                return bytes((type_,)), fb.body(start, end), fb.raw(start, end)
+            data = await self._read_client()
+            if not data:
+                raise ConnectionResetError("client closed the connection")
+            fb.feed(data)
+
+    async def _read_client(self) -> bytes:
+        idle = self.cluster.settings.idle_timeout
+        if idle is None:
+            return await self.reader.read(_READ_SIZE)
+        try:
+            return await asyncio.wait_for(self.reader.read(_READ_SIZE), idle)
+        except (asyncio.TimeoutError, TimeoutError):
+            raise errors.idle_timeout() from None
+
+    async def _client_loop(self) -> None:
+        fb = self._client_fb = protocol.FrameBuffer(self.limit)
+        while not self.closing:
+            batch: list[bytes] = []
+            item = fb.next_frame()
+            if item is None:
+                data = await self._read_client()
+                if not data:
+                    return
+                fb.feed(data)
+                continue
+            type_, start, end = item
+            t = bytes((type_,))
+            if type_ not in protocol.FRONTEND_TYPES:
+                raise errors.protocol_violation(f"invalid frontend message type {t!r}")
+            if t == b"X":
+                return
+            raw = fb.raw(start, end)
+            if self.discard and t != b"S":
+                continue
+            if t in (b"d", b"c", b"f", b"H"):
+                batch.append(raw)
+            elif t == b"Q":
+                await self._on_query(protocol.parse_query(fb.body(start, end)).sql, raw)
+            elif t == b"P":
+                await self._on_parse(protocol.parse_parse(fb.body(start, end)), raw)
+            elif t == b"B":
+                self._on_bind(protocol.parse_bind(fb.body(start, end)), raw)
+            elif t == b"D":
+                self._on_describe(protocol.parse_describe(fb.body(start, end)), raw)
+            elif t == b"E":
+                await self._on_execute(protocol.parse_execute(fb.body(start, end)), raw)
+            elif t == b"C":
+                self._on_close(protocol.parse_close(fb.body(start, end)), raw)
+            elif t == b"S":
+                await self._on_sync(raw)
+            elif t == b"F":
+                self._expect(_Unit(UnitKind.QUERY))
+                batch.append(raw)
+            if batch:
+                self._send(b"".join(batch))
+
+    # --- simple query --------------------------------------------------------------------------
+
+    async def _on_query(self, sql: str, raw: bytes) -> None:
+        stmts = [s for s in split_statements(sql) if s.kind is not StatementKind.EMPTY]
+        if not stmts or (self.status == b"E" and not self.h_after_end):
+            self._expect(_Unit(UnitKind.QUERY))
+            self._send(raw)
+            return
+        if not self.any_hooks and not any(_is_begin(s) for s in stmts):
+            self._expect(_Unit(UnitKind.QUERY))
+            self._send(raw)
+            return
+        await self._wait_idle()
+        await self._run_simple(stmts)
+
+    async def _wait_idle(self) -> None:
+        """Let earlier pipelined responses finish, so hooks see a settled transaction state."""
+        while self.pending:
+            await self._wait(self.pending[-1])
+
+    async def _run_simple(self, stmts: Sequence[Statement]) -> None:
+        ctx = self.ctx
+        assert ctx is not None
+        has_txn_stmt = any(s.kind is StatementKind.TRANSACTION for s in stmts)
+        writes = any(_writes(s) for s in stmts)
+        implicit = (
+            not self.explicit
+            and self.status == b"I"
+            and not has_txn_stmt
+            and (len(stmts) > 1 or (writes and bool(self.h_before_commit or self.h_after)))
+        )
+        if implicit:
+            ctx.txn = {}
+            await self._internal_simple(_BEGIN_SQL)
+        failed = False
+        for stmt in stmts:
+            if not await self._simple_statement(stmt, in_block=implicit or self.explicit):
+                failed = True
+                break
+        if implicit:
+            await self._finish_implicit(failed)
+        self._send_synthetic(protocol.encode_ready(self.status))
+
+    async def _simple_statement(self, stmt: Statement, *, in_block: bool) -> bool:
+        """Run one statement of a simple Query; False if it failed (the error was sent)."""
+        ctx = self.ctx
+        assert ctx is not None
+        failed_txn = self.status == b"E"
+        txn_kind = stmt.transaction_kind
+        sql = stmt.text
+        if not failed_txn:
+            if txn_kind in _COMMIT_KINDS and self.explicit:
+                try:
+                    await self._run_before_commit()
+                except DsqlError as err:
+                    await self._internal_simple("ROLLBACK")
+                    self._send_synthetic(protocol.encode_error(err))
+                    await self._end_transaction(committed=False)
+                    return False
+            try:
+                reply = await self._run_before(stmt)
+            except DsqlError as err:
+                await self._refuse_simple(err, in_block=in_block)
+                return False
+            if isinstance(reply, Synthetic):
+                self._send_synthetic(_synthetic_rows(reply) + _complete(reply.tag))
+                return True
+            if isinstance(reply, Forward):
+                sql = reply.sql
+            elif _is_begin(stmt):
+                sql = _begin_text(stmt)
+        unit = self._expect(
+            _Unit(UnitKind.QUERY, hold_ready=True, hold_complete=bool(self.h_after))
+        )
+        self._send(protocol.encode_query(sql))
+        if _is_begin(stmt) and not failed_txn:
+            self._expect(_Unit(UnitKind.QUERY, relay=False))
+            self._send(protocol.encode_query("SELECT"))  # take the snapshot now, as DSQL does
+        await self._wait(unit)
+        if unit.skipped:
+            return False
+        if unit.error is not None:
+            if txn_kind in _END_KINDS:
+                await self._end_transaction(committed=False)
+            return False
+        tag = unit.tag or ""
+        if self.h_after and unit.hold_complete:
+            try:
+                await self._run_after(stmt, tag)
+            except DsqlError as err:
+                await self._refuse_simple(err, in_block=in_block or self.status != b"I")
+                return False
+            self._send_synthetic(_complete(tag))
+        if txn_kind in _BEGIN_KINDS and self.status == b"T":
+            self.explicit = True
+            ctx.in_transaction = True
+            ctx.txn = {}
+        elif txn_kind in _END_KINDS:
+            await self._end_transaction(committed=tag == "COMMIT")
+        return True
+
+    async def _refuse_simple(self, err: DsqlError, *, in_block: bool) -> None:
+        if err.fatal:
+            raise err
+        if in_block and self.status != b"E":
+            unit = self._expect(_Unit(UnitKind.QUERY, hold_ready=True, replace_error=err))
+            self._send(protocol.encode_query(_FAIL_SQL))
+            await self._wait(unit)
+        else:
+            self._send_synthetic(protocol.encode_error(err))
+
+    async def _finish_implicit(self, failed: bool) -> None:
+        """End the internal transaction around autocommit statements (with before_commit)."""
+        if failed or self.status == b"E":
+            await self._internal_simple("ROLLBACK")
+            await self._end_transaction(committed=False)
+            return
+        try:
+            await self._run_before_commit()
+        except DsqlError as err:
+            await self._internal_simple("ROLLBACK")
+            self._send_synthetic(protocol.encode_error(err))
+            await self._end_transaction(committed=False)
+            return
+        unit = self._expect(_Unit(UnitKind.QUERY, relay=False, errors_only=True))
+        self._send(protocol.encode_query("COMMIT"))
+        await self._wait(unit)
+        await self._end_transaction(committed=unit.error is None and unit.tag == "COMMIT")
+
+    async def _end_transaction(self, *, committed: bool) -> None:
+        ctx = self.ctx
+        assert ctx is not None
+        self.explicit = False
+        ctx.in_transaction = False
+        try:
+            for hook in self.h_after_end:
+                await hook(ctx, committed)
+        finally:
+            ctx.txn = {}
+
+    async def _internal_simple(self, sql: str) -> _Unit:
+        unit = self._expect(_Unit(UnitKind.QUERY, relay=False))
+        self._send(protocol.encode_query(sql))
+        await self._wait(unit)
+        return unit
+
+    # --- hooks -------------------------------------------------------------------------------
+
+    async def _run_before(self, stmt: Statement) -> Forward | Synthetic | None:
+        ctx = self.ctx
+        assert ctx is not None
+        for hook in self.h_before:
+            reply = await hook(stmt, ctx)
+            if reply is not None:
+                return reply
+        return None
+
+    async def _run_after(self, stmt: Statement, tag: str) -> None:
+        result = CommandResult(tag)
+        for hook in self.h_after:
+            await hook(stmt, result, self.ctx)
+
+    async def _run_before_commit(self) -> None:
+        for hook in self.h_before_commit:
+            await hook(self.ctx)
+
+    # --- extended protocol ---------------------------------------------------------------------
+
+    async def _on_parse(self, msg: protocol.Parse, raw: bytes) -> None:
+        self.ext_batch = True
+        stmts = [s for s in split_statements(msg.sql) if s.kind is not StatementKind.EMPTY]
+        stmt = stmts[0] if len(stmts) == 1 else None
+        info = _Prepared(stmt, param_types=msg.param_types)
+        self.prepared[msg.name] = info
+        if stmt is None or (not self.h_before and not _is_begin(stmt)):
+            self._expect(_Unit(UnitKind.PARSE))
+            self._send(raw)
+            return
+        if self.h_before:
+            await self._wait_idle_ext()
+        try:
+            reply = None if self.status == b"E" or self.ext_failed else await self._run_before(stmt)
+        except DsqlError as err:
+            if err.fatal:
+                raise
+            self._refuse_ext(err, msg.name)
+            return
+        if isinstance(reply, Synthetic):
+            info.synthetic = reply
+            self._send_synthetic(protocol.PARSE_COMPLETE)
+            return
+        sql = msg.sql
+        if isinstance(reply, Forward):
+            sql = reply.sql
+        elif _is_begin(stmt):
+            sql = _begin_text(stmt)
+        self._expect(_Unit(UnitKind.PARSE))
+        self._send(raw if sql is msg.sql else protocol.encode_parse(msg.name, sql, msg.param_types))
+
+    async def _wait_idle_ext(self) -> None:
+        if self.pending:
+            self._send(protocol.FLUSH)
+            await self._wait_idle()
+
+    def _refuse_ext(self, err: DsqlError, name: str = "") -> None:
+        """Refuse in the extended protocol: fail the backend too, then discard until Sync."""
+        self.discard = True
+        if self.ext_failed or self.status == b"E":
+            self._send_synthetic(protocol.encode_error(err))
+            return
+        self._expect(_Unit(UnitKind.PARSE, replace_error=err))
+        self._send(protocol.encode_parse(name, _FAIL_SQL))
+
+    def _on_bind(self, msg: protocol.Bind, raw: bytes) -> None:
+        self.ext_batch = True
+        info = self.prepared.get(msg.statement)
+        if info is not None and info.synthetic is not None:
+            self.portals[msg.portal] = info
+            self._send_synthetic(protocol.BIND_COMPLETE)
+            return
+        self.portals[msg.portal] = info or _Prepared(None)
+        self._expect(_Unit(UnitKind.BIND))
+        self._send(raw)
+
+    def _on_describe(self, msg: protocol.Describe, raw: bytes) -> None:
+        self.ext_batch = True
+        table = self.prepared if msg.kind == "S" else self.portals
+        info = table.get(msg.name)
+        if info is not None and info.synthetic is not None:
+            syn = info.synthetic
+            out = b""
+            if msg.kind == "S":
+                out += protocol.encode_parameter_description(info.param_types)
+            if syn.columns:
+                out += protocol.encode_row_description(list(syn.columns), syn.column_types())
+            else:
+                out += protocol.NO_DATA
+            self._send_synthetic(out)
+            return
+        self._expect(_Unit(UnitKind.DESCRIBE))
+        self._send(raw)
+
+    async def _on_execute(self, msg: protocol.Execute, raw: bytes) -> None:
+        self.ext_batch = True
+        info = self.portals.get(msg.portal)
+        stmt = info.stmt if info is not None else None
+        if info is not None and info.synthetic is not None:
+            syn = info.synthetic
+            data = b"".join(protocol.encode_data_row(list(r)) for r in syn.rows)
+            self._send_synthetic(data + _complete(syn.tag))
+            return
+        live = stmt is not None and self.status != b"E" and not self.ext_failed
+        if live and stmt is not None and _writes(stmt) and self.h_before_commit:
+            self._open_ext_implicit()
+        hold = live and bool(self.h_after)
+        unit = self._expect(_Unit(UnitKind.EXECUTE, hold_complete=hold))
+        self._send(raw)
+        if live and stmt is not None and _is_begin(stmt):
+            self._internal_ext_nowait("SELECT")  # snapshot at BEGIN
+        if not hold or stmt is None:
+            if stmt is not None and stmt.transaction_kind is not None:
+                await self._track_ext_transaction(stmt, unit)
+            return
+        await self._wait(unit, flush=True)
+        if unit.skipped or unit.error is not None:
+            return
+        tag = unit.tag or ""
+        try:
+            await self._run_after(stmt, tag)
+        except DsqlError as err:
+            if err.fatal:
+                raise
+            self._refuse_ext(err)
+            return
+        self._send_synthetic(_complete(tag))
+        if stmt.transaction_kind is not None:
+            await self._track_ext_transaction(stmt, unit)
+
+    async def _track_ext_transaction(self, stmt: Statement, unit: _Unit) -> None:
+        """Follow BEGIN/COMMIT/ROLLBACK sent through the extended protocol."""
+        ctx = self.ctx
+        assert ctx is not None
+        kind = stmt.transaction_kind
+        if kind not in _BEGIN_KINDS and kind not in _END_KINDS:
+            return
+        if not (self.h_after_end or self.h_before_commit):
+            # Nobody needs the details; keep the flag roughly right without waiting.
+            self.explicit = kind in _BEGIN_KINDS
+            ctx.in_transaction = self.explicit
+            return
+        await self._wait(unit, flush=True)
+        if kind in _BEGIN_KINDS:
+            if unit.error is None and not unit.skipped:
+                self.explicit = True
+                ctx.in_transaction = True
+                ctx.txn = {}
+        else:
+            await self._end_transaction(committed=unit.tag == "COMMIT")
+
+    def _open_ext_implicit(self) -> None:
+        if self.explicit or self.ext_implicit:
+            return
+        self.ext_implicit = True
+        assert self.ctx is not None
+        self.ctx.txn = {}
+        self._internal_ext_nowait(_BEGIN_SQL)
+
+    def _internal_ext_nowait(self, sql: str, *, errors_only: bool = False) -> _Unit:
+        """Queue an internal statement in the extended protocol (named, then closed)."""
+        self._expect(_Unit(UnitKind.PARSE, relay=False, errors_only=errors_only))
+        self._expect(_Unit(UnitKind.BIND, relay=False))
+        unit = self._expect(_Unit(UnitKind.EXECUTE, relay=False, errors_only=errors_only))
+        self._expect(_Unit(UnitKind.CLOSE, relay=False))
+        self._expect(_Unit(UnitKind.CLOSE, relay=False))
+        self._send(
+            protocol.encode_parse(_INTERNAL, sql)
+            + protocol.encode_bind(_INTERNAL, _INTERNAL)
+            + protocol.encode_execute(_INTERNAL)
+            + protocol.encode_close("P", _INTERNAL)
+            + protocol.encode_close("S", _INTERNAL)
+        )
+        return unit
+
+    def _on_close(self, msg: protocol.Close, raw: bytes) -> None:
+        self.ext_batch = True
+        table = self.prepared if msg.kind == "S" else self.portals
+        info = table.pop(msg.name, None)
+        if info is not None and info.synthetic is not None:
+            self._send_synthetic(protocol.CLOSE_COMPLETE)
+            return
+        self._expect(_Unit(UnitKind.CLOSE))
+        self._send(raw)
+
+    async def _on_sync(self, raw: bytes) -> None:
+        self.discard = False
+        if self.ext_implicit:
+            self.ext_implicit = False
+            await self._wait_idle_ext()
+            if self.status == b"E" or self.ext_failed:
+                self._internal_ext_nowait("ROLLBACK")
+                await self._end_sync(raw)
+                await self._end_transaction(committed=False)
+                return
+            try:
+                await self._run_before_commit()
+            except DsqlError as err:
+                self._internal_ext_nowait("ROLLBACK")
+                self._send_synthetic(protocol.encode_error(err))
+                await self._end_sync(raw)
+                await self._end_transaction(committed=False)
+                return
+            unit = self._internal_ext_nowait("COMMIT", errors_only=True)
+            await self._end_sync(raw)
+            await self._end_transaction(committed=unit.error is None and not unit.skipped)
+            return
+        self._expect(_Unit(UnitKind.SYNC))
+        self._send(raw)
+        self.ext_batch = False
+        self.portals.pop("", None)
+
+    async def _end_sync(self, raw: bytes) -> None:
+        unit = self._expect(_Unit(UnitKind.SYNC))
+        self._send(raw)
+        self.ext_batch = False
+        await self._wait(unit)
+
+    # --- internal SQL for hooks ------------------------------------------------------------------
+
+    async def _internal(self, sql: str, params: Sequence[object] = ()) -> list[QueryResult]:
+        """`StatementContext.execute`: run SQL on this session's backend, results as text."""
+        if self.ext_failed or self.status == b"E":
+            raise errors.in_failed_transaction()
+        texts = [sql] if params else [s.pg_text for s in split_statements(sql) if s.text]
+        results: list[QueryResult] = []
+        for text in texts:
+            units = [
+                self._expect(_Unit(UnitKind.PARSE, relay=False)),
+                self._expect(_Unit(UnitKind.BIND, relay=False)),
+                self._expect(_Unit(UnitKind.DESCRIBE, relay=False, collect=True)),
+                self._expect(_Unit(UnitKind.EXECUTE, relay=False, collect=True)),
+                self._expect(_Unit(UnitKind.CLOSE, relay=False)),
+                self._expect(_Unit(UnitKind.CLOSE, relay=False)),
+            ]
+            encoded = [protocol.encode_text_param(p) for p in params]
+            self._send(
+                protocol.encode_parse(_INTERNAL, text)
+                + protocol.encode_bind(_INTERNAL, _INTERNAL, encoded)
+                + protocol.encode_describe("P", _INTERNAL)
+                + protocol.encode_execute(_INTERNAL)
+                + protocol.encode_close("P", _INTERNAL)
+                + protocol.encode_close("S", _INTERNAL)
+            )
+            sync = None
+            if not self.ext_batch:
+                sync = self._expect(_Unit(UnitKind.SYNC, relay=False))
+                self._send(protocol.SYNC)
+            await self._wait(sync or units[-1], flush=sync is None)
+            for unit in units:
+                if unit.error is not None:
+                    raise unit.error
+            if any(u.skipped for u in units):
+                raise errors.in_failed_transaction()
+            describe, execute = units[2], units[3]
+            results.append(QueryResult(describe.columns, tuple(execute.rows), execute.tag or ""))
+        return results
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+_BEGIN_KINDS = frozenset({"TRANS_STMT_BEGIN", "TRANS_STMT_START"})
+_COMMIT_KINDS = frozenset({"TRANS_STMT_COMMIT"})
+_END_KINDS = frozenset({"TRANS_STMT_COMMIT", "TRANS_STMT_ROLLBACK"})
+
+
+def _is_begin(stmt: Statement) -> bool:
+    return stmt.transaction_kind in _BEGIN_KINDS
+
+
+def _begin_text(stmt: Statement) -> str:
+    """BEGIN as DSQL runs it: REPEATABLE READ unless the client chose something itself."""
+    inner: Any = stmt.inner
+    if inner is not None and len(inner.options) == 0:
+        return _BEGIN_SQL
+    return stmt.text
+
+
+def _writes(stmt: Statement) -> bool:
+    return stmt.kind in (StatementKind.DML, StatementKind.DDL) or (
+        stmt.kind is StatementKind.QUERY and not stmt.read_only
+    )
+
+
+def _complete(tag: str) -> bytes:
+    return protocol.encode_command_complete(tag)
+
+
+def _synthetic_rows(reply: Synthetic) -> bytes:
+    if not reply.columns:
+        return b""
+    out = [protocol.encode_row_description(list(reply.columns), reply.column_types())]
+    out.extend(protocol.encode_data_row(list(r)) for r in reply.rows)
+    return b"".join(out)
+
+
+async def handle_cancel(cluster: Cluster, pid: int, secret: int) -> None:
+    """A CancelRequest from a client: cancel the named session's backend query, if it matches."""
+    handle = cluster.find(pid, secret)
+    if handle is None or not handle.backend_pid:
+        return
+    await send_cancel(cluster.backend, handle.backend_pid, handle.backend_secret)
