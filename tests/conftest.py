@@ -6,3 +6,4 @@ pytest_plugins: list[str] = []
 pytest_plugins.append("tests.fix_explain_pg")
 pytest_plugins.append("tests.fix_dialect_pg")
 pytest_plugins.append("tests.fix_emuexplain_pg")
+pytest_plugins.append("tests.fix_wire")
