@@ -15,7 +15,7 @@ from typing import Final, Literal
 ConditionKind = Literal["index", "storage", "processor"]
 
 #: Where each condition label of an EXPLAIN sits in DSQL's three filtering levels (manual
-#: L2575-2588): index conditions limit what is read, storage ``Filters`` what is sent to compute,
+#: L2576-2590): index conditions limit what is read, storage ``Filters`` what is sent to compute,
 #: and anything the query processor evaluates runs after all rows were transferred.
 CONDITION_LABELS: Final[Mapping[str, ConditionKind]] = {
     "Index Cond": "index",

@@ -497,6 +497,9 @@ def _json_dpu(plan: Plan, value: object) -> None:
     minimums: dict[str, float] = {}
     for key, figure in value.items():
         name = str(key).lower().replace(" dpu", "").replace("-", "").replace(" ", "")
+        if name.endswith("transactionminimum"):  # "Read Transaction Minimum": 0.00375
+            minimums[name.removesuffix("transactionminimum")] = _json_req_num(figure, str(key))
+            continue
         if isinstance(figure, Mapping):
             minimum = next((v for k, v in figure.items() if "minimum" in str(k).lower()), None)
             if minimum is not None:
