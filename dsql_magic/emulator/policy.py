@@ -26,7 +26,7 @@ from .errors import DsqlError
 from .statements import Statement, StatementKind
 
 if TYPE_CHECKING:
-    from .hooks import Reply, StatementContext
+    from .hooks import CommandResult, Reply, StatementContext
 
 pb: Any = importlib.import_module("postgast.pg_query_pb2")
 
@@ -635,8 +635,74 @@ class DialectPolicy:
         return None
 
 
-def make_hook(config: object = None) -> DialectPolicy | None:
-    """The dialect hook for `cluster.default_hooks` (None when the config turns it off)."""
-    if config is not None and getattr(config, "dialect", True) is False:
-        return None
-    return DialectPolicy()
+class DsqlHooks:
+    """DSQL's dialect, transaction rules, environment and roles as one hook, in that order.
+
+    One object, so that a rewrite (`Forward`) by the dialect does not hide the statement from
+    the transaction rules, and a statement answered here (`Synthetic`: ``SHOW server_version``,
+    ``AWS IAM GRANT``) is still counted by them (the session calls no ``after`` for those).
+    """
+
+    def __init__(self, parts: list[object]) -> None:
+        self.parts = parts
+
+    def _methods(self, name: str) -> list[Callable[..., Any]]:
+        return [m for m in (getattr(p, name, None) for p in self.parts) if m is not None]
+
+    async def before(self, stmt: Statement, ctx: StatementContext) -> Reply | None:
+        """Every part's ``before``; the first Synthetic answers, a Forward is kept to the end."""
+        from .hooks import CommandResult, Synthetic
+
+        forward: Reply | None = None
+        for method in self._methods("before"):
+            reply = await method(stmt, ctx)
+            if isinstance(reply, Synthetic):
+                result = CommandResult(reply.tag)
+                for after in self._methods("after"):
+                    await after(stmt, result, ctx)
+                return reply
+            if reply is not None:
+                forward = reply
+        return forward
+
+    async def after(self, stmt: Statement, result: CommandResult, ctx: StatementContext) -> None:
+        """Every part's ``after``."""
+        for method in self._methods("after"):
+            await method(stmt, result, ctx)
+
+    async def before_commit(self, ctx: StatementContext) -> None:
+        """Every part's ``before_commit``."""
+        for method in self._methods("before_commit"):
+            await method(ctx)
+
+    async def after_end(self, ctx: StatementContext, committed: bool) -> None:
+        """Every part's ``after_end``."""
+        for method in self._methods("after_end"):
+            await method(ctx, committed)
+
+    async def on_connect(self, ctx: StatementContext) -> None:
+        """Every part's ``on_connect``."""
+        for method in self._methods("on_connect"):
+            await method(ctx)
+
+
+def make_hook(config: object = None) -> DsqlHooks | None:
+    """DSQL's dialect hooks for `cluster.default_hooks`; each part can be switched off.
+
+    The config may carry ``dialect``, ``transaction_rules``, ``environment`` and ``roles``
+    booleans (all on by default), so PostgreSQL's own behaviour can be compared in tests.
+    """
+    from . import environment, roles, txnrules
+
+    parts: list[object] = []
+    if getattr(config, "dialect", True) is not False:
+        parts.append(DialectPolicy())
+    hook = txnrules.make_hook(config)
+    if hook is not None:
+        parts.append(hook)
+    if getattr(config, "environment", True) is not False:
+        parts.append(environment.Environment())
+    role_hook = roles.make_hook(config)
+    if role_hook is not None:
+        parts.append(role_hook)
+    return DsqlHooks(parts) if parts else None

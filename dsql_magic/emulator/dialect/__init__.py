@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 import yaml
 
+from ..errors import DsqlError
+
 Action = Literal["refuse", "rewrite"]
 _FIELDS = {
     "id",
@@ -66,6 +68,12 @@ class Rule:
         """The detail text, filled like the message, or None."""
         return None if self.detail is None else self.detail.format_map(params)
 
+    def error(self, **params: str) -> DsqlError:
+        """This rule's refusal as a DsqlError, placeholders filled from ``params``."""
+        return DsqlError(
+            self.sqlstate, self.format_message(params), detail=self.format_detail(params)
+        )
+
 
 @dataclass(frozen=True)
 class RuleSet:
@@ -73,25 +81,30 @@ class RuleSet:
 
     version: str
     rules: tuple[Rule, ...]
+    limits: tuple[Rule, ...] = ()
 
     def by_id(self, rule_id: str) -> Rule:
-        """The rule called ``rule_id`` (KeyError if none)."""
-        for rule in self.rules:
+        """The rule or limit called ``rule_id`` (KeyError if none)."""
+        for rule in (*self.rules, *self.limits):
             if rule.id == rule_id:
                 return rule
         raise KeyError(rule_id)
 
 
-def _rule(raw: Any, index: int) -> Rule:
+def _rule(raw: Any, index: int, *, limit: bool = False) -> Rule:
     if not isinstance(raw, dict):
         raise RulesError(f"rule #{index} is not a mapping")
+    if limit:
+        raw = {"predicate": "limit", **raw}
     unknown = set(raw) - _FIELDS
     if unknown:
         raise RulesError(f"rule {raw.get('id', index)!r}: unknown fields {sorted(unknown)}")
+    if isinstance(raw.get("sqlstate"), int):  # YAML reads 54000 as a number
+        raw = {**raw, "sqlstate": f"{raw['sqlstate']:05d}"}
     for key in ("id", "predicate", "sqlstate", "message", "source"):
         if not isinstance(raw.get(key), str) or not raw[key]:
             raise RulesError(f"rule {raw.get('id', index)!r}: {key!r} must be a non-empty string")
-    sqlstate = raw["sqlstate"]
+    sqlstate = str(raw["sqlstate"])
     if len(sqlstate) != 5 or not sqlstate.isalnum():
         raise RulesError(f"rule {raw['id']!r}: bad SQLSTATE {sqlstate!r}")
     source = raw["source"]
@@ -123,11 +136,12 @@ def parse_rules(text: str) -> RuleSet:
     if not isinstance(data, dict) or "rules" not in data or "version" not in data:
         raise RulesError("a rules file needs 'version' and 'rules'")
     rules = tuple(_rule(raw, i) for i, raw in enumerate(data["rules"]))
-    ids = [r.id for r in rules]
+    limits = tuple(_rule(raw, i, limit=True) for i, raw in enumerate(data.get("limits") or ()))
+    ids = [r.id for r in (*rules, *limits)]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise RulesError(f"duplicate rule ids: {duplicates}")
-    return RuleSet(version=str(data["version"]), rules=rules)
+    return RuleSet(version=str(data["version"]), rules=rules, limits=limits)
 
 
 def rules_text() -> str:

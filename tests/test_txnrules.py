@@ -1,0 +1,274 @@
+"""DSQL's transaction rules and limits, through the hooks, on a real PostgreSQL 16.
+
+Limits are tested at their boundary (3,000 rows pass, 3,001 fail; and so on), with DSQL's own
+numbers unless a test says why it lowers one (object counts, to keep the run short).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from dsql_magic import limits
+from dsql_magic.emulator.engine import Engine
+from dsql_magic.emulator.errors import DsqlError
+from dsql_magic.emulator.policy import make_hook
+from dsql_magic.emulator.txnrules import TransactionRules, TxnLimits
+from tests.fix_dialect_pg import HookSession, hook_session
+
+
+def _run(engine: Engine, scenario: Callable[[HookSession], Awaitable[None]], **kw: Any) -> None:
+    hooks = kw.pop("hooks", None) or [make_hook()]
+
+    async def main() -> None:
+        async with hook_session(engine, hooks, **kw) as s:
+            await scenario(s)
+
+    asyncio.run(main())
+
+
+async def _fails(s: HookSession, sql: str) -> DsqlError:
+    with pytest.raises(DsqlError) as info:
+        await s.run(sql)
+    return info.value
+
+
+def test_one_ddl_per_transaction(dialect_engine: Engine) -> None:
+    async def scenario(s: HookSession) -> None:
+        await s.run("BEGIN")
+        await s.run("CREATE TABLE one_ddl_a (id int PRIMARY KEY)")
+        err = await _fails(s, "CREATE TABLE one_ddl_b (id int PRIMARY KEY)")
+        assert (err.sqlstate, err.message) == (
+            "0A000",
+            "multiple ddl statements not supported in a transaction",
+        )
+        later = await _fails(s, "SELECT 1")
+        assert later.sqlstate == "25P02"
+        assert await s.run("COMMIT") == "ROLLBACK"
+        assert await s.rows("SELECT to_regclass('one_ddl_a') IS NULL") == [("t",)]
+
+    _run(dialect_engine, scenario)
+
+
+def test_ddl_and_dml_do_not_mix(dialect_engine: Engine) -> None:
+    async def scenario(s: HookSession) -> None:
+        await s.run("CREATE TABLE mix_t (id int PRIMARY KEY)")  # autocommit: fine
+        await s.run("BEGIN")
+        await s.run("CREATE TABLE mix_foo (id_col integer)")
+        err = await _fails(s, "INSERT INTO mix_t VALUES (1)")
+        assert (err.sqlstate, err.message) == (
+            "0A000",
+            "ddl and dml are not supported in the same transaction",
+        )
+        assert await s.run("COMMIT") == "ROLLBACK"
+        await s.run("BEGIN")
+        await s.run("INSERT INTO mix_t VALUES (1)")
+        err = await _fails(s, "CREATE INDEX ASYNC ON mix_t (id)")
+        assert err.message == "ddl and dml are not supported in the same transaction"
+        await s.run("ROLLBACK")
+        # The manual's accepted sequence: one transaction each.
+        await s.run("BEGIN")
+        await s.run("CREATE TABLE mytable (ID_col integer)")
+        await s.run("COMMIT")
+        await s.run("BEGIN")
+        await s.run("INSERT INTO mytable VALUES (1)")
+        assert await s.run("COMMIT") == "COMMIT"
+        # Reads mix with DDL.
+        await s.run("BEGIN")
+        await s.run("SELECT count(*) FROM mytable")
+        await s.run("CREATE VIEW mix_v AS SELECT * FROM mytable")
+        assert await s.run("COMMIT") == "COMMIT"
+
+    _run(dialect_engine, scenario)
+
+
+def test_refusal_outside_block_leaves_session_usable(dialect_engine: Engine) -> None:
+    async def scenario(s: HookSession) -> None:
+        err = await _fails(s, "TRUNCATE t")
+        assert err.message == "unsupported statement: Truncate"
+        assert await s.rows("SELECT 41 + 1") == [("42",)]
+
+    _run(dialect_engine, scenario)
+
+
+def test_analyze_refused_inside_a_block_only(dialect_engine: Engine) -> None:
+    async def scenario(s: HookSession) -> None:
+        await s.run("ANALYZE t")
+        await s.run("BEGIN")
+        err = await _fails(s, "ANALYZE t")
+        assert err.sqlstate == "25001"
+        await s.run("ROLLBACK")
+
+    _run(dialect_engine, scenario)
+
+
+def test_row_limit_boundary(dialect_engine: Engine) -> None:
+    n = limits.MAX_ROWS_PER_TRANSACTION
+
+    async def scenario(s: HookSession) -> None:
+        await s.run("CREATE TABLE rows_t (id int PRIMARY KEY, v text)")
+        tag = await s.run(f"INSERT INTO rows_t SELECT g, 'x' FROM generate_series(1, {n}) g")
+        assert tag == f"INSERT 0 {n}"
+        err = await _fails(
+            s, f"INSERT INTO rows_t SELECT g, 'x' FROM generate_series({n + 1}, {2 * n + 1}) g"
+        )
+        assert (err.sqlstate, err.message) == ("54000", "transaction row limit exceeded")
+        assert await s.rows("SELECT count(*) FROM rows_t") == [(str(n),)]
+        # Within a block the rows add up; the statement that crosses the limit fails.
+        await s.run("BEGIN")
+        await s.run("UPDATE rows_t SET v = 'y' WHERE id <= 2000")
+        await s.run("DELETE FROM rows_t WHERE id > 2000 AND id <= 3000")
+        err = await _fails(s, "UPDATE rows_t SET v = 'z' WHERE id = 1")
+        assert err.message == "transaction row limit exceeded"
+        assert (await _fails(s, "SELECT 1")).sqlstate == "25P02"
+        assert await s.run("COMMIT") == "ROLLBACK"
+        assert await s.rows("SELECT count(*) FROM rows_t WHERE v = 'x'") == [(str(n),)]
+
+    _run(dialect_engine, scenario)
+
+
+def test_transaction_size_limit_at_commit(dialect_engine: Engine) -> None:
+    async def scenario(s: HookSession) -> None:
+        await s.run("CREATE TABLE size_t (id int PRIMARY KEY, v text)")
+        chunk = 900 * 1024  # under the 1 MiB column limit; 12 rows ≈ 10.5 MiB
+        await s.run("BEGIN")
+        for i in range(11):
+            await s.run(f"INSERT INTO size_t VALUES ({i}, repeat('x', {chunk}))")
+        assert await s.run("COMMIT") == "COMMIT"  # ≈ 9.7 MiB
+        await s.run("BEGIN")
+        for i in range(11, 23):
+            await s.run(f"INSERT INTO size_t VALUES ({i}, repeat('x', {chunk}))")
+        err = await _fails(s, "COMMIT")
+        assert (err.sqlstate, err.message) == ("54000", "transaction size limit 10mb exceeded")
+        assert err.detail == "Current transaction size 11mb > 10mb"
+        assert await s.rows("SELECT count(*) FROM size_t") == [("11",)]
+
+    _run(dialect_engine, scenario)
+
+
+def test_column_row_and_key_sizes(dialect_engine: Engine) -> None:
+    col = limits.MAX_COLUMN_BYTES
+    key = limits.MAX_KEY_BYTES
+
+    async def scenario(s: HookSession) -> None:
+        await s.run("CREATE TABLE sz_t (k text PRIMARY KEY, a text, b text, c text)")
+        await s.run(f"INSERT INTO sz_t VALUES ('ok', repeat('a', {col}))")
+        err = await _fails(s, f"INSERT INTO sz_t VALUES ('big', repeat('a', {col + 1}))")
+        assert (err.sqlstate, err.message) == ("54000", "maximum column size exceeds limit")
+        await s.run(f"INSERT INTO sz_t VALUES (repeat('k', {key}), 'x')")
+        err = await _fails(s, f"INSERT INTO sz_t VALUES (repeat('k', {key + 1}), 'x')")
+        assert err.message == "key size too large"
+        three = f"repeat('a', {col}), repeat('b', {col}), repeat('c', {col})"
+        err = await _fails(s, f"INSERT INTO sz_t VALUES ('row', {three})")
+        assert err.message == "maximum row size exceeds limit"
+        assert await s.rows("SELECT count(*) FROM sz_t") == [("2",)]
+
+    _run(dialect_engine, scenario)
+
+
+def test_transaction_age_limit_with_injected_clock(dialect_engine: Engine) -> None:
+    now = [1000.0]
+    hooks: list[object] = [TransactionRules(clock=lambda: now[0])]
+
+    async def scenario(s: HookSession) -> None:
+        await s.run("BEGIN")
+        await s.run("SELECT 1")
+        now[0] += limits.MAX_TRANSACTION_AGE_SECONDS
+        await s.run("SELECT 2")  # exactly 300 s: still fine
+        now[0] += 1
+        err = await _fails(s, "SELECT 3")
+        assert (err.sqlstate, err.message) == ("54000", "transaction age limit of 300s exceeded")
+        assert await s.run("COMMIT") == "ROLLBACK"
+        await s.run("SELECT 4")  # a new transaction starts fresh
+
+    _run(dialect_engine, scenario, hooks=hooks)
+
+
+def test_object_count_limits(dialect_engine: Engine) -> None:
+    # DSQL's counts (10 schemas, 1,000 tables, 5,000 views, 24 indexes) are lowered relative
+    # to what exists, so each limit is hit in a few statements; the messages are DSQL's.
+    async def counts(s: HookSession) -> dict[str, int]:
+        rows = await s.rows(
+            "SELECT (SELECT count(*) FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' "
+            "AND nspname NOT IN ('information_schema', 'sys')), "
+            "(SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE relkind IN ('r','p') AND nspname NOT LIKE 'pg\\_%' "
+            "AND nspname NOT IN ('information_schema', 'sys')), "
+            "(SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE relkind = 'v' AND nspname NOT LIKE 'pg\\_%' "
+            "AND nspname NOT IN ('information_schema', 'sys'))"
+        )
+        schemas, tables, views = (int(v or 0) for v in rows[0])
+        return {"schemas": schemas, "tables": tables, "views": views}
+
+    async def scenario(s: HookSession) -> None:
+        base = await counts(s)
+        lim = TxnLimits(
+            max_schemas=base["schemas"] + 1,
+            max_tables=base["tables"] + 1,
+            max_views=base["views"] + 1,
+            max_indexes=3,
+        )
+        rules = TransactionRules(limits_=lim)
+        s.hooks = [rules]
+        await s.run("CREATE SCHEMA cnt_s1")
+        err = await _fails(s, "CREATE SCHEMA cnt_s2")
+        assert (err.sqlstate, err.message) == ("54000", "more than 10 schemas not allowed")
+        await s.run("CREATE TABLE cnt_t1 (id int PRIMARY KEY, a int, b int, c int)")
+        err = await _fails(s, "CREATE TABLE cnt_t2 (id int PRIMARY KEY)")
+        assert err.message == "creating more than 1000 tables not allowed"
+        await s.run("CREATE VIEW cnt_v1 AS SELECT 1 AS one")
+        err = await _fails(s, "CREATE VIEW cnt_v2 AS SELECT 2 AS two")
+        assert err.message == "creating more than 500 allowed"
+        await s.run("CREATE INDEX ASYNC ON cnt_t1 (a)")  # pkey + 1
+        await s.run("CREATE INDEX ASYNC ON cnt_t1 (b)")  # 3 indexes
+        err = await _fails(s, "CREATE INDEX ASYNC ON cnt_t1 (c)")
+        assert err.message == "more than 24 indexes per table are not allowed"
+
+    _run(dialect_engine, scenario)
+
+
+def test_alter_table_column_limits_and_primary_key(dialect_engine: Engine) -> None:
+    async def scenario(s: HookSession) -> None:
+        cols = ", ".join(f"c{i} int" for i in range(limits.MAX_TABLE_COLUMNS - 1))
+        await s.run(f"CREATE TABLE wide_t (id int PRIMARY KEY, {cols})")
+        err = await _fails(s, "ALTER TABLE wide_t ADD COLUMN extra int")
+        assert (err.sqlstate, err.message) == ("54011", "tables can have at most 255 columns")
+        err = await _fails(s, "ALTER TABLE wide_t DROP COLUMN id")
+        assert err.message == "cannot drop primary key column id"
+        await s.run("ALTER TABLE wide_t DROP COLUMN c0")
+        await s.run("ALTER TABLE wide_t ADD COLUMN extra int")
+
+    _run(dialect_engine, scenario)
+
+
+def test_index_key_datatype(dialect_engine: Engine) -> None:
+    async def scenario(s: HookSession) -> None:
+        await s.run("CREATE TABLE keyt (id int PRIMARY KEY, b bytea, i interval, j jsonb, t text)")
+        for col, typ in (("b", "bytea"), ("i", "interval"), ("j", "jsonb")):
+            err = await _fails(s, f"CREATE INDEX ASYNC ON keyt ({col})")
+            assert (err.sqlstate, err.message) == (
+                "0A000",
+                f"datatype {typ} is not supported in a key",
+            )
+        await s.run("CREATE INDEX ASYNC ON keyt (t)")
+
+    _run(dialect_engine, scenario)
+
+
+def test_numeric_rewrite_and_rules_through_the_combined_hook(dialect_engine: Engine) -> None:
+    async def scenario(s: HookSession) -> None:
+        await s.run("BEGIN")
+        await s.run("CREATE TABLE num_t (id int PRIMARY KEY, amount numeric)")
+        err = await _fails(s, "CREATE TABLE num_u (id int PRIMARY KEY)")
+        assert err.message == "multiple ddl statements not supported in a transaction"
+        await s.run("ROLLBACK")
+        await s.run("CREATE TABLE num_t (id int PRIMARY KEY, amount numeric)")
+        await s.run("INSERT INTO num_t VALUES (1, 3.14159265)")
+        assert await s.rows("SELECT amount::text FROM num_t") == [("3.141593",)]
+        assert await s.rows("SHOW server_version") == [("16.15",)]
+
+    _run(dialect_engine, scenario)
