@@ -107,7 +107,12 @@ def parse_target(
             )
         host = parsed.hostname or ""
         url_user = unquote(parsed.username) if parsed.username else None
-        url_port = _port(parsed.port)
+        try:
+            url_port = _port(parsed.port)
+        except ValueError as exc:  # urllib's own range/format check
+            raise UsageProblem(
+                f"bad port in URL: {exc}", "use e.g. postgresql://HOST:5432/postgres"
+            ) from None
         url_db = parsed.path.lstrip("/") or None
         query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
         url_region = query.get("region")

@@ -225,7 +225,7 @@ def run_cell(
                     sql=statements[failure.index - 1].text,
                 )
                 err.note = _conflict_note(failure, retry, retries)
-                raise err from None
+                raise err from exc
             err = from_database_error(
                 exc,
                 statement=_statement_label(failure.index, len(statements)),
@@ -237,7 +237,7 @@ def run_cell(
             if rolled_back:
                 notes.append("the open transaction was rolled back")
             err.note = "; ".join(notes) or None
-            raise err from None
+            raise err from exc
         except KeyboardInterrupt:
             _rollback_if_aborted(conn)
             raise

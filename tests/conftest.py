@@ -4,6 +4,10 @@ from __future__ import annotations
 
 pytest_plugins: list[str] = []
 pytest_plugins.append("tests.fix_explain_pg")
+pytest_plugins.append("tests.fix_jobs_pg")
 pytest_plugins.append("tests.fix_dialect_pg")
+pytest_plugins.append("tests.fix_pg")
+pytest_plugins.append("tests.fix_shell")
 pytest_plugins.append("tests.fix_emuexplain_pg")
 pytest_plugins.append("tests.fix_wire")
+pytest_plugins.append("tests.fix_emulator")
