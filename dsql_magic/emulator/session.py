@@ -263,7 +263,7 @@ class Session:
         if not token:
             raise errors.password_required()
         server_names = set(self.cluster.settings.server_names)
-        self.cluster.verifier.verify(token, self.user, server_names=server_names)
+        identity = self.cluster.verifier.verify(token, self.user, server_names=server_names)
         del token
         self.backend, relay = await Backend.connect(self.cluster.backend, self.user, params)
         self.handle = self.cluster.register(self.user)
@@ -280,6 +280,7 @@ class Session:
             user=self.user,
             cluster=self.cluster,
             executor=self._internal,
+            session={"iam_identity": identity},  # for the roles hook's mapped-login check
         )
 
     async def _hooks_connect(self) -> None:
@@ -950,7 +951,9 @@ class Session:
             if any(u.skipped for u in units):
                 raise errors.in_failed_transaction()
             describe, execute = units[2], units[3]
-            results.append(QueryResult(describe.columns, tuple(execute.rows), execute.tag or ""))
+            # the rows moved to `results` at CommandComplete (see _on_backend)
+            collected = execute.results[-1].rows if execute.results else tuple(execute.rows)
+            results.append(QueryResult(describe.columns, collected, execute.tag or ""))
         return results
 
 
