@@ -272,3 +272,22 @@ def test_numeric_rewrite_and_rules_through_the_combined_hook(dialect_engine: Eng
         assert await s.rows("SHOW server_version") == [("16.15",)]
 
     _run(dialect_engine, scenario)
+
+
+def test_default_hooks_register_the_rules_once() -> None:
+    from types import SimpleNamespace
+
+    from dsql_magic.emulator.cluster import default_hooks
+    from dsql_magic.emulator.policy import DsqlHooks
+
+    def rule_hooks(disabled: set[str]) -> list[object]:
+        hooks = default_hooks(SimpleNamespace(disabled_hooks=frozenset(disabled)))
+        found: list[object] = []
+        for hook in hooks:
+            found.extend(hook.parts if isinstance(hook, DsqlHooks) else [hook])
+        return [h for h in found if isinstance(h, TransactionRules)]
+
+    assert len(rule_hooks(set())) == 1
+    assert len(rule_hooks({"policy"})) == 1
+    assert rule_hooks({"txnrules"}) == []
+    assert rule_hooks({"policy", "txnrules"}) == []

@@ -686,23 +686,25 @@ class DsqlHooks:
             await method(ctx)
 
 
-def make_hook(config: object = None) -> DsqlHooks | None:
-    """DSQL's dialect hooks for `cluster.default_hooks`; each part can be switched off.
+def disabled_hooks(config: object) -> frozenset[str]:
+    """The hook module names the config leaves out (``EmulatorConfig.disabled_hooks``)."""
+    return frozenset(getattr(config, "disabled_hooks", None) or ())
 
-    The config may carry ``dialect``, ``transaction_rules``, ``environment`` and ``roles``
-    booleans (all on by default), so PostgreSQL's own behaviour can be compared in tests.
+
+def make_hook(config: object = None) -> DsqlHooks | None:
+    """DSQL's dialect hooks for `cluster.default_hooks`: dialect, txnrules, environment, roles.
+
+    ``txnrules`` and ``roles`` can be left out like any hook module (``--disable-hook``);
+    leaving out ``policy`` leaves out the dialect, the environment and roles, and then
+    `txnrules.make_hook` supplies the transaction rules on their own.
     """
     from . import environment, roles, txnrules
 
-    parts: list[object] = []
-    if getattr(config, "dialect", True) is not False:
-        parts.append(DialectPolicy())
-    hook = txnrules.make_hook(config)
-    if hook is not None:
-        parts.append(hook)
-    if getattr(config, "environment", True) is not False:
-        parts.append(environment.Environment())
-    role_hook = roles.make_hook(config)
-    if role_hook is not None:
-        parts.append(role_hook)
-    return DsqlHooks(parts) if parts else None
+    disabled = disabled_hooks(config)
+    parts: list[object] = [DialectPolicy()]
+    if "txnrules" not in disabled:
+        parts.append(txnrules.TransactionRules())
+    parts.append(environment.Environment())
+    if "roles" not in disabled:
+        parts.append(roles.Roles())
+    return DsqlHooks(parts)

@@ -274,10 +274,3 @@ class Roles:
             if deleted and deleted[-1].tag == "DELETE 0":
                 raise self._error("iam-mapping-missing", arn=cmd.arn, role=cmd.role)
         return Synthetic(columns=[], rows=[], tag=cmd.tag)
-
-
-def make_hook(config: object = None) -> Roles | None:
-    """The roles hook (None when the config turns it off)."""
-    if config is not None and getattr(config, "roles", True) is False:
-        return None
-    return Roles()

@@ -354,7 +354,12 @@ class TransactionRules:
 
 
 def make_hook(config: object = None) -> TransactionRules | None:
-    """The transaction-rules hook for `cluster.default_hooks` (None when switched off)."""
-    if config is not None and getattr(config, "transaction_rules", True) is False:
-        return None
-    return TransactionRules()
+    """The transaction rules on their own, only when the ``policy`` hook is left out.
+
+    Normally they run inside `policy.DsqlHooks` (so a dialect rewrite cannot hide a statement
+    from them), and this returns None to avoid counting every statement twice.
+    """
+    disabled = frozenset(getattr(config, "disabled_hooks", None) or ())
+    if "policy" in disabled and "txnrules" not in disabled:
+        return TransactionRules()
+    return None
