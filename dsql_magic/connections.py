@@ -228,7 +228,7 @@ class DsqlConnection:
         self.target = target
         self._minter = minter
         self._connect_timeout = connect_timeout
-        self._clock = clock
+        self.clock = clock
         self._max_age = max_age
         self._conn: psycopg.Connection[Any] | None = None
         self._opened_at: float | None = None
@@ -272,7 +272,7 @@ class DsqlConnection:
         finally:
             del token
         self._conn = conn
-        self._opened_at = self._clock()
+        self._opened_at = self.clock()
         self.closed_by_user = False
         return conn
 
@@ -281,23 +281,26 @@ class DsqlConnection:
 
         A server that ends a session (pg_terminate_backend, DSQL's one-hour limit, a restart) sends
         a FATAL error and closes the socket, so an idle connection whose socket is readable has
-        news; let libpq read it and see whether the connection survived.
+        news; only then is it probed.
         """
         if conn.closed or conn.broken:
             return False
-        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-            return True
+        status = conn.info.transaction_status
+        if status not in (psycopg.pq.TransactionStatus.IDLE, psycopg.pq.TransactionStatus.INTRANS):
+            return True  # busy or in a failed transaction: a probe would say nothing
         try:
             readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
         except (OSError, ValueError, psycopg.OperationalError):
             return False
         if not readable:
             return True
+        # Unexpected input between statements: usually the server's goodbye. Its FATAL
+        # message may arrive before the end of the stream, so ask with one cheap round trip.
         try:
-            conn.pgconn.consume_input()
-        except psycopg.OperationalError:
+            conn.execute("SELECT 1")
+        except psycopg.Error:
             return False
-        return conn.pgconn.status == psycopg.pq.ConnStatus.OK
+        return not conn.broken
 
     def ensure(self) -> psycopg.Connection[Any]:
         """The live connection, re-opened if it dropped or is near the one-hour limit."""
@@ -339,7 +342,7 @@ class DsqlConnection:
         )
 
     def _too_old(self) -> bool:
-        return self._opened_at is not None and self._clock() - self._opened_at >= self._max_age
+        return self._opened_at is not None and self.clock() - self._opened_at >= self._max_age
 
     def _discard(self) -> None:
         conn, self._conn = self._conn, None
@@ -378,7 +381,7 @@ class DsqlConnection:
         }.get(status, status.name.lower())
 
     def age_seconds(self) -> float | None:
-        return None if self._opened_at is None else self._clock() - self._opened_at
+        return None if self._opened_at is None else self.clock() - self._opened_at
 
     def describe(self) -> dict[str, Any]:
         """One row of ``%dsql connections`` (no secrets)."""

@@ -304,30 +304,49 @@ _CONNECT_PATTERNS: tuple[tuple[str, str], ...] = (
 )
 
 
+_ACCESS_DENIED_PHRASES = (
+    "access denied",
+    "pg_hba.conf rejects",
+    "password authentication failed",
+    "authentication failed",
+    "signature expired",
+    "token expired",
+)
+
+
+def _access_hint(user: str, host: str, server_hint: str | None) -> str:
+    action = "dsql:DbConnectAdmin" if user == "admin" else "dsql:DbConnect"
+    return (
+        f"user {user!r} at {host}: the IAM identity needs {action} on this cluster, the region "
+        "must match, and the AWS credentials must be valid (expired credentials or token: "
+        "refresh them, e.g. `aws sso login`)"
+        + (f"; server hint: {server_hint}" if server_hint else "")
+    )
+
+
 def connection_error(exc: Exception, *, user: str, host: str) -> DsqlMagicError:
     """Our error for a failed connection attempt."""
     if isinstance(exc, psycopg.Error) and exc.sqlstate:
         err = from_database_error(exc)
         if isinstance(err, AccessDenied):
-            action = "dsql:DbConnectAdmin" if user == "admin" else "dsql:DbConnect"
-            server_hint = exc.diag.message_hint
-            err.hint = scrub(
-                f"user {user!r} at {host}: the IAM identity needs {action} on this cluster, the "
-                "region must match, and the AWS credentials must be valid (expired credentials "
-                "or token: refresh them, e.g. `aws sso login`)"
-                + (f"; server hint: {server_hint}" if server_hint else "")
-            )
+            err.hint = scrub(_access_hint(user, host, exc.diag.message_hint))
         return err
     text = scrub(str(exc).strip())
     first = text.splitlines()[0] if text else type(exc).__name__
+    # libpq puts the server's FATAL text after "failed: "; show that part.
+    reason = first.rsplit("failed: ", 1)[-1] if "FATAL" in first else first
+    lowered = text.lower()
+    if any(phrase in lowered for phrase in _ACCESS_DENIED_PHRASES):
+        server_hint = None
+        for line in text.splitlines()[1:]:
+            if line.strip().upper().startswith("HINT:"):
+                server_hint = line.split(":", 1)[1].strip()
+        return AccessDenied(
+            f"could not connect to {host}: {reason}",
+            sqlstate=None,
+            hint=_access_hint(user, host, server_hint),
+        )
     for needle, hint in _CONNECT_PATTERNS:
         if needle in text:
-            return ConnectionFailed(f"could not connect to {host}: {first}", hint)
-    if "access denied" in text.lower() or "password authentication failed" in text:
-        action = "dsql:DbConnectAdmin" if user == "admin" else "dsql:DbConnect"
-        return ConnectionFailed(
-            f"could not connect to {host}: {first}",
-            f"access denied: the IAM identity needs {action}; check the region and that the AWS "
-            "credentials have not expired",
-        )
-    return ConnectionFailed(f"could not connect to {host}: {first}")
+            return ConnectionFailed(f"could not connect to {host}: {reason}", hint)
+    return ConnectionFailed(f"could not connect to {host}: {reason}")

@@ -111,3 +111,14 @@ def test_create_index_hint_points_to_async() -> None:
     err = E.from_database_error(exc, sql="CREATE INDEX i ON t (a)")
     assert isinstance(err, E.UnsupportedFeature)
     assert "CREATE INDEX ASYNC" in (err.hint or "")
+
+
+def test_dsql_access_denied_text_with_server_hint() -> None:
+    exc = psycopg.OperationalError(
+        'connection to server at "127.0.0.1", port 5432 failed: FATAL:  unable to accept '
+        "connection, access denied\nHINT:  Signature expired: 20261128T010000Z is now earlier"
+    )
+    err = E.connection_error(exc, user="admin", host="h")
+    assert isinstance(err, E.AccessDenied)
+    assert err.message == "could not connect to h: unable to accept connection, access denied"
+    assert "dsql:DbConnectAdmin" in (err.hint or "") and "Signature expired" in (err.hint or "")
