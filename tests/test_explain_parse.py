@@ -276,6 +276,20 @@ def test_dsql_shaped_json() -> None:
     assert storage.projections == ("id", "context")
     assert [tuple(c) for c in storage.conditions] == [("storage", "(id > 3)")]
     assert [tuple(c) for c in plan.nodes()[2].conditions] == [("index", "(id = 4)")]
+    emulator_json = {
+        "Plan": {"Node Type": "Insert", "Relation Name": "t"},
+        "Statement DPU Estimate": {
+            "Compute": 0.0155,
+            "Read": 0.00307,
+            "Write": 0.01875,
+            "Total": 0.03732,
+            "Read Transaction Minimum": 0.00375,
+            "Write Transaction Minimum": 0.05,
+        },
+    }
+    inserted = parse_plan(emulator_json)
+    assert inserted.dpu == {"compute": 0.0155, "read": 0.00307, "write": 0.01875, "total": 0.03732}
+    assert inserted.dpu_minimums == {"read": 0.00375, "write": 0.05}
     full = parse_plan({"Plan": {"Node Type": "Full Scan (btree-table)", "Relation Name": "t"}})
     assert (full.root.node_type, full.root.subtype) == ("Full Scan", "btree-table")
 
