@@ -57,11 +57,19 @@ SUBCOMMANDS: dict[str, str] = {
     "use": "dsql_magic.magics:cmd_use",
     "close": "dsql_magic.magics:cmd_close",
     "clusters": "dsql_magic.controlplane:cmd_clusters",
+    "explain": "dsql_magic.explain.magic:cmd_explain",
+    "dpu": "dsql_magic.dpu.command:cmd_dpu",
 }
 
 _IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Options a line-form query may start with: name -> takes a value.
-_QUERY_OPTIONS = {"--conn": True, "--limit": True, "--no-retry": False, "--readonly": False}
+_QUERY_OPTIONS = {
+    "--conn": True,
+    "--limit": True,
+    "--no-retry": False,
+    "--readonly": False,
+    "--dpu": False,
+}
 
 
 def resolve_handler(name: str) -> Handler:
@@ -128,6 +136,19 @@ class DsqlMagic(Magics):
     backoff_base = Float(0.02, help="First OCC retry delay in seconds (doubles each time).").tag(
         config=True
     )
+    # DPU tracking (dsql_magic.dpu): price for cost estimates, the badge, CloudWatch.
+    dpu_price_usd = Float(8e-6, help="USD per DPU for cost estimates (0 hides costs).").tag(
+        config=True
+    )
+    dpu_badge = Bool(True, help="Show a small DPU badge under each cell that used DSQL.").tag(
+        config=True
+    )
+    dpu_cloudwatch = Bool(True, help="Track real clusters' DPU from CloudWatch (per minute).").tag(
+        config=True
+    )
+    cloudwatch_endpoint_url = Unicode("", help="CloudWatch endpoint override (emulator).").tag(
+        config=True
+    )
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
@@ -170,6 +191,8 @@ class DsqlMagic(Magics):
     @argument("--limit", type=int, help="Rows to display for this cell.")
     @argument("--no-retry", action="store_true", help="Do not retry OCC conflicts.")
     @argument("--readonly", action="store_true", help="Run the cell in BEGIN READ ONLY.")
+    @argument("--explain", nargs="?", const="plan", help="Show the plan ('analyze': run it).")
+    @argument("--dpu", action="store_true", help="Also estimate DPU (EXPLAIN ANALYZE VERBOSE).")
     @line_cell_magic
     def dsql(self, line: str, cell: str | None = None) -> object:
         """Run SQL on Aurora DSQL, or a subcommand.
@@ -195,7 +218,12 @@ class DsqlMagic(Magics):
             %dsql close [NAME]         close one (default: current) connection
             %dsql clusters [--region R] [--profile P]   list clusters (control plane)
 
-        Other parts register more subcommands (explain, dpu, jobs, wait, emulator).
+            %dsql explain [--analyze] [--keep] [--compare] SQL   plan as a widget
+            %dsql dpu [--plot] [--clear]   DPU per cell (ledger) and session totals
+            %%dsql --explain [analyze]     explain the cell instead of running it
+            %%dsql --dpu                   also estimate the cell's DPU (runs it twice)
+
+        Other parts register more subcommands (jobs, wait, emulator).
         Configuration: ``%config DsqlMagic`` lists the options.
         """
         word, _, rest = line.strip().partition(" ")
@@ -207,10 +235,16 @@ class DsqlMagic(Magics):
             options, sql = split_line_options(line)
             return self.run_query(sql, **options)
         args = parse_argstring(self.dsql, line)
+        if args.explain not in (None, "plan", "analyze"):  # `--explain VAR`: VAR is the variable
+            args.var, args.explain = args.var or args.explain, "plan"
         if args.var is not None and not _IDENT_RE.match(args.var):
             raise UsageProblem(
                 f"{args.var!r} is not a valid variable name", "use %%dsql NAME with NAME a word"
             )
+        if args.explain:
+            from dsql_magic.explain.magic import explain_cell
+
+            return explain_cell(self, cell, mode=args.explain, conn=args.conn, var=args.var)
         return self.run_query(
             cell,
             var=args.var,
@@ -218,6 +252,7 @@ class DsqlMagic(Magics):
             limit=args.limit,
             no_retry=args.no_retry,
             readonly=args.readonly,
+            dpu=args.dpu,
         )
 
     # ---- query path ----------------------------------------------------------------------
@@ -230,6 +265,7 @@ class DsqlMagic(Magics):
         limit: int | None = None,
         no_retry: bool = False,
         readonly: bool = False,
+        dpu: bool = False,
     ) -> object:
         """Run a cell's SQL and return what the cell shows (or store it in ``var``)."""
         connection = self.registry.get(conn)
@@ -240,7 +276,10 @@ class DsqlMagic(Magics):
             base=self.backoff_base,
         )
         namespace = self.shell.user_ns if self.shell is not None else {}
-        outcome = run_cell(connection, statements, namespace, retry=policy)
+        from dsql_magic.dpu.command import begin_cell
+
+        with begin_cell(self, connection, statements, namespace, estimate=dpu):
+            outcome = run_cell(connection, statements, namespace, retry=policy)
         result = self.present(outcome, self.displaylimit if limit is None else limit)
         if var:
             namespace[var] = result
