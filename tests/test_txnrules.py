@@ -175,9 +175,10 @@ def test_transaction_age_limit_with_injected_clock(dialect_engine: Engine) -> No
 
     async def scenario(s: HookSession) -> None:
         await s.run("BEGIN")
+        now[0] += 100
         await s.run("SELECT 1")
-        now[0] += limits.MAX_TRANSACTION_AGE_SECONDS
-        await s.run("SELECT 2")  # exactly 300 s: still fine
+        now[0] += limits.MAX_TRANSACTION_AGE_SECONDS - 100
+        await s.run("SELECT 2")  # exactly 300 s after BEGIN: still fine
         now[0] += 1
         err = await _fails(s, "SELECT 3")
         assert (err.sqlstate, err.message) == ("54000", "transaction age limit of 300s exceeded")

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 pb: Any = importlib.import_module("postgast.pg_query_pb2")
 
 _STATE_KEY = "dsql.txnrules"
+_BEGIN_KEY = "dsql.txnrules.begin"
 # Schemas that are not the user's: PostgreSQL's own and DSQL's sys.
 _SYSTEM_SCHEMAS = "('pg_catalog', 'information_schema', 'sys', 'pg_toast')"
 _USER_SCHEMA_FILTER = f"n.nspname NOT IN {_SYSTEM_SCHEMAS} AND n.nspname NOT LIKE 'pg\\_%'"
@@ -113,7 +114,9 @@ class TransactionRules:
     def _state(self, ctx: StatementContext) -> TxnState:
         state = ctx.txn.get(_STATE_KEY)
         if state is None:
-            state = TxnState(started=self.clock())
+            began = ctx.session.pop(_BEGIN_KEY, None)
+            started = began if ctx.in_transaction and began is not None else self.clock()
+            state = TxnState(started=started)
             ctx.txn[_STATE_KEY] = state
         return state
 
@@ -128,7 +131,8 @@ class TransactionRules:
         if stmt.kind in (StatementKind.EMPTY, StatementKind.INVALID):
             return None
         if stmt.transaction_kind in ("TRANS_STMT_BEGIN", "TRANS_STMT_START"):
-            ctx.txn[_STATE_KEY] = TxnState(started=self.clock())
+            # The session gives the block a fresh ctx.txn after BEGIN: remember when it began.
+            ctx.session[_BEGIN_KEY] = self.clock()
             return None
         state = self._state(ctx)
         if stmt.kind is StatementKind.TRANSACTION:
@@ -150,6 +154,8 @@ class TransactionRules:
 
     async def after(self, stmt: Statement, result: CommandResult, ctx: StatementContext) -> None:
         """Count DDL, DML and mutated rows; fail the statement that crosses the row limit."""
+        if not (_is_ddl(stmt) or _is_dml(stmt)):
+            return
         state = self._state(ctx)
         if _is_ddl(stmt):
             state.ddl += 1

@@ -76,12 +76,22 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class Difference:
+    """A known difference from the real service, and why (for the fidelity document)."""
+
+    id: str
+    summary: str
+    why: str
+
+
+@dataclass(frozen=True)
 class RuleSet:
     """All rules of one version of the data file, in file order."""
 
     version: str
     rules: tuple[Rule, ...]
     limits: tuple[Rule, ...] = ()
+    differences: tuple[Difference, ...] = ()
 
     def by_id(self, rule_id: str) -> Rule:
         """The rule or limit called ``rule_id`` (KeyError if none)."""
@@ -141,7 +151,17 @@ def parse_rules(text: str) -> RuleSet:
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise RulesError(f"duplicate rule ids: {duplicates}")
-    return RuleSet(version=str(data["version"]), rules=rules, limits=limits)
+    differences = []
+    for raw in data.get("differences") or ():
+        if not isinstance(raw, dict) or set(raw) != {"id", "summary", "why"}:
+            raise RulesError(f"a difference needs exactly id, summary and why: {raw!r}")
+        differences.append(Difference(str(raw["id"]), str(raw["summary"]), str(raw["why"])))
+    return RuleSet(
+        version=str(data["version"]),
+        rules=rules,
+        limits=limits,
+        differences=tuple(differences),
+    )
 
 
 def rules_text() -> str:
