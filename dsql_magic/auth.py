@@ -12,9 +12,11 @@ the ``password`` keyword. Error messages never include it. Time comes from an in
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +75,36 @@ def check_ttl(ttl: int) -> int:
             f"use 1 to {MAX_TOKEN_TTL_SECONDS} seconds (default {DEFAULT_TOKEN_TTL_SECONDS})",
         )
     return int(ttl)
+
+
+class _QuietWhileSigning(logging.Filter):
+    """Drops botocore's DEBUG records (canonical request, signature) while we sign a token.
+
+    At DEBUG, ``botocore.auth`` logs the signature it computes; for a presigned token that is
+    the secret itself, so those records must never reach a handler.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.local = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(self.local, "signing", False)
+
+
+_QUIET = _QuietWhileSigning()
+_SIGNING_LOGGERS = ("botocore.auth", "botocore.signers", "botocore.hooks", "botocore.endpoint")
+for _name in _SIGNING_LOGGERS:
+    logging.getLogger(_name).addFilter(_QUIET)
+
+
+@contextlib.contextmanager
+def _quiet_signing() -> Iterator[None]:
+    _QUIET.local.signing = True
+    try:
+        yield
+    finally:
+        _QUIET.local.signing = False
 
 
 SessionFactory = Callable[[str | None, AwsCredentials | None], Any]
@@ -153,10 +185,14 @@ class TokenMinter:
         now = self._clock()
         try:
             client = self._client(profile, credentials, region)
-            if action == "DbConnectAdmin":
-                value = client.generate_db_connect_admin_auth_token(host, region, ttl)
-            else:
-                value = client.generate_db_connect_auth_token(host, region, ttl)
+        except BotoCoreError as exc:
+            raise ConnectionFailed(
+                f"could not create the DSQL client: {scrub(str(exc))}",
+                "check the region and the AWS configuration",
+            ) from None
+        try:
+            with _quiet_signing():
+                value = self._sign(client, action, host, region, ttl)
         except NoCredentialsError:
             raise ConnectionFailed(
                 "no AWS credentials found to sign the DSQL token",
@@ -169,3 +205,9 @@ class TokenMinter:
                 "refresh the AWS credentials (expired SSO session? run `aws sso login`)",
             ) from None
         return Token(value, action=action, minted_at=now, expires_at=now + ttl)
+
+    @staticmethod
+    def _sign(client: Any, action: str, host: str, region: str, ttl: int) -> str:
+        if action == "DbConnectAdmin":
+            return str(client.generate_db_connect_admin_auth_token(host, region, ttl))
+        return str(client.generate_db_connect_auth_token(host, region, ttl))
