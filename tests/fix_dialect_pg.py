@@ -37,6 +37,7 @@ FIXTURE_SCHEMA = (
     "ALTER TABLE t ADD CONSTRAINT b_nonneg CHECK (b >= 0) NOT VALID",
     "CREATE SEQUENCE seq CACHE 1",
     "CREATE SCHEMA other",
+    "CREATE VIEW v AS SELECT * FROM u",
 )
 
 

@@ -96,7 +96,7 @@ def _column_defs(stmt: Statement) -> Iterator[Any]:
         for elt in inner.table_elts:
             if elt.WhichOneof("node") == "column_def":
                 yield elt.column_def
-    elif stmt.node_name == "alter_table_stmt":
+    elif stmt.node_name == "alter_table_stmt" and inner.objtype == pb.OBJECT_TABLE:
         for cmd in inner.cmds:
             at = cmd.alter_table_cmd
             if at.subtype == pb.AT_AddColumn and _cmd_def(at).WhichOneof("node") == "column_def":
@@ -109,7 +109,8 @@ def _cmd_def(cmd: Any) -> Any:
 
 
 def _alter_cmds(stmt: Statement) -> Iterator[Any]:
-    if stmt.node_name == "alter_table_stmt":
+    """The subcommands of ``ALTER TABLE`` (not ALTER VIEW/INDEX/SEQUENCE, which share the node)."""
+    if stmt.node_name == "alter_table_stmt" and stmt.inner.objtype == pb.OBJECT_TABLE:
         for cmd in stmt.inner.cmds:
             yield cmd.alter_table_cmd
 
