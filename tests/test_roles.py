@@ -7,6 +7,8 @@ import datetime as dt
 from collections.abc import Awaitable, Callable
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dsql_magic.emulator.engine import Engine
 from dsql_magic.emulator.errors import DsqlError
@@ -205,3 +207,25 @@ def test_arn_shapes() -> None:
     ):
         assert not is_iam_arn(bad), bad
     assert "arn:aws:iam::1:role/R" in principal_arns("arn:aws:sts::1:assumed-role/R/s")
+
+
+@given(
+    role=st.from_regex(r"[a-z_][a-z0-9_]{0,20}", fullmatch=True),
+    name=st.from_regex(r"[A-Za-z0-9+=,.@_-]{1,30}", fullmatch=True),
+    account=st.from_regex(r"[0-9]{12}", fullmatch=True),
+    action=st.sampled_from(["GRANT", "REVOKE"]),
+)
+def test_parse_iam_command_round_trip(role: str, name: str, account: str, action: str) -> None:
+    arn = f"arn:aws:iam::{account}:role/{name}"
+    word = "TO" if action == "GRANT" else "FROM"
+    cmd = parse_iam_command(f"AWS IAM {action} \"{role}\" {word} '{arn}'")
+    assert (cmd.action, cmd.role, cmd.arn) == (action, role, arn)
+    assert is_iam_arn(cmd.arn)
+
+
+@given(st.text(max_size=80))
+def test_parse_iam_command_never_crashes(tail: str) -> None:
+    try:
+        parse_iam_command("AWS IAM GRANT " + tail)
+    except DsqlError as err:
+        assert err.sqlstate == "42601"

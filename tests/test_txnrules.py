@@ -292,3 +292,15 @@ def test_default_hooks_register_the_rules_once() -> None:
     assert len(rule_hooks({"policy"})) == 1
     assert rule_hooks({"txnrules"}) == []
     assert rule_hooks({"policy", "txnrules"}) == []
+
+
+def test_data_modifying_with_counts_as_dml(dialect_engine: Engine) -> None:
+    async def scenario(s: HookSession) -> None:
+        await s.run("CREATE TABLE cte_t (id int PRIMARY KEY)")
+        await s.run("BEGIN")
+        await s.run("WITH ins AS (INSERT INTO cte_t VALUES (1) RETURNING id) SELECT * FROM ins")
+        err = await _fails(s, "CREATE TABLE cte_u (id int PRIMARY KEY)")
+        assert err.message == "ddl and dml are not supported in the same transaction"
+        await s.run("ROLLBACK")
+
+    _run(dialect_engine, scenario)

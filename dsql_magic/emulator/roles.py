@@ -98,16 +98,25 @@ def _identifier(text: str) -> str:
     return text.lower()
 
 
+def _token_name(value: int) -> str:
+    """The scanner token's name; single characters the enum does not name are ``ASCII_<n>``."""
+    try:
+        return str(pb.Token.Name(value))
+    except ValueError:
+        return f"ASCII_{value}"
+
+
 def parse_iam_command(text: str) -> IamCommand:
     """Read an IAM command from its scanner tokens; a malformed one raises a syntax error."""
     try:
         scanned = postgast.scan(text)
     except postgast.PgQueryError as exc:
         raise _error("iam-syntax", token=text[:20]) from exc
+    data = text.encode("utf-8")
     tokens = [
-        (pb.Token.Name(t.token), text.encode()[t.start : t.end].decode())
+        (_token_name(t.token), data[t.start : t.end].decode("utf-8", "replace"))
         for t in scanned.tokens
-        if pb.Token.Name(t.token) not in ("SQL_COMMENT", "C_COMMENT")
+        if _token_name(t.token) not in ("SQL_COMMENT", "C_COMMENT")
     ]
     while tokens and tokens[-1][0] == "ASCII_59":
         tokens.pop()

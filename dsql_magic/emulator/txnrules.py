@@ -74,7 +74,10 @@ def _is_ddl(stmt: Statement) -> bool:
 
 
 def _is_dml(stmt: Statement) -> bool:
-    return stmt.kind is StatementKind.DML
+    """INSERT/UPDATE/DELETE/COPY FROM, and queries whose WITH clause modifies data."""
+    if stmt.kind is StatementKind.DML:
+        return True
+    return stmt.kind is StatementKind.QUERY and not stmt.read_only and not stmt.locks_rows
 
 
 def _is_analyze(stmt: Statement) -> bool:
@@ -163,6 +166,8 @@ class TransactionRules:
         if not _is_dml(stmt):
             return
         state.dml += 1
+        if stmt.kind is not StatementKind.DML:
+            return  # a data-modifying WITH reports the rows it returns, not those it changed
         rows = result.rows_affected or 0
         if rows:
             state.wrote = True
