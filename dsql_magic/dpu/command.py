@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 DEFAULT_PRICE_USD: Final = 0.000008
 #: Poll CloudWatch for pending entries at most this often (it reports per minute, late).
 POLL_INTERVAL_SECONDS: Final = 60.0
+#: How long to wait, at most, for the emulator's meter to show a cell's statements.
+SETTLE_TRIES: Final = 5
+SETTLE_SECONDS: Final = 0.01
 EXPLAINABLE: Final = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "VALUES", "WITH", "TABLE"})
 ESTIMATE_READ_NOTE: Final = "estimate ran the statement a second time (EXPLAIN ANALYZE VERBOSE)"
 ESTIMATE_WRITE_NOTE: Final = (
@@ -118,10 +121,15 @@ class CellTracker:
         self.state = state_of(magic)
         self.started = self.state.ledger.clock()
         self.before = None
+        self._est_total: DpuFigures | None = None
+        self._est_notes: set[str] = set()
         target = connection.target
         self.local = is_local(target.host, target.hostaddr)
-        if self.local:
-            self.before = self._read()
+        with contextlib.suppress(Exception):  # measuring must never fail the cell
+            if estimate:  # writes first, rolled back, so the cell's own run is unaffected
+                self._estimate(writes=True)
+            if self.local:
+                self.before = self._read()
 
     def _read(self) -> Any:
         conn = self.connection.raw
@@ -133,6 +141,21 @@ class CellTracker:
         reading = read_meter(conn, known_meter=known)
         if reading is not None or conn.info.transaction_status == pq.TransactionStatus.IDLE:
             self.state.metered[id(conn)] = reading is not None
+        return reading
+
+    def _settled_read(self, expected: int) -> Any:
+        """Read the meter once the cell's statements show in it.
+
+        The emulator may file a statement's figures just after the client saw the statement end;
+        wait a little (bounded) for the count to catch up rather than miss them.
+        """
+        reading = self._read()
+        floor = self.before.statements + expected if self.before is not None else 0
+        for _ in range(SETTLE_TRIES):
+            if reading is None or reading.statements >= floor:
+                break
+            time.sleep(SETTLE_SECONDS)
+            reading = self._read()
         return reading
 
     def __enter__(self) -> CellTracker:
@@ -153,7 +176,7 @@ class CellTracker:
         name = self.connection.name
         ended = self.state.ledger.clock()
         if self.local and self.before is not None:
-            after = self._read()
+            after = self._settled_read(len(self.statements) if ok else 0)
             if after is not None:
                 record(
                     self.magic,
@@ -178,44 +201,55 @@ class CellTracker:
                 connection=name,
                 cluster_wide=True,
             )
-        if ok and self.estimate:
-            self._estimate(sql, name)
+        if self.estimate:
+            if ok:
+                self._estimate(writes=False)
+            else:
+                self._est_notes.add("the cell failed: only its writes were estimated")
+            if self._est_total is not None or self._est_notes:
+                record(
+                    self.magic,
+                    source=EXPLAIN,
+                    figures=self._est_total if self._est_total is not None else DpuFigures(),
+                    statements=len([s for s in self.statements if s.first_word in EXPLAINABLE]),
+                    sql=sql,
+                    connection=name,
+                    note="; ".join(sorted(self._est_notes)),
+                )
 
-    def _estimate(self, sql: str, name: str) -> None:
-        """``--dpu``: EXPLAIN ANALYZE VERBOSE each explainable statement, sum the estimates."""
+    def _estimate(self, *, writes: bool) -> None:
+        """``--dpu``: EXPLAIN ANALYZE VERBOSE each explainable statement of one kind.
+
+        Writes are estimated before the cell runs, in a transaction that is rolled back (after
+        the cell they could fail on their own effects, e.g. a duplicate key); reads after it.
+        Either way the estimate is a second execution, and the note says so.
+        """
         from dsql_magic.execution import bind_parameters
         from dsql_magic.explain.command import ExplainError, explain, statement_writes
 
-        conn = self.connection.raw
+        conn = self.connection.ensure() if writes else self.connection.raw
         if conn is None or conn.closed:
             return
-        statements = [s for s in self.statements if s.first_word in EXPLAINABLE]
+        statements = [
+            s
+            for s in self.statements
+            if s.first_word in EXPLAINABLE and statement_writes(s.first_word, s.text) == writes
+        ]
         params = bind_parameters(statements, self.namespace)
-        total: DpuFigures | None = None
-        notes: set[str] = set()
         for stmt, values in zip(statements, params, strict=True):
             try:
                 result = explain(conn, stmt.text, analyze=True, verbose=True, params=values)
             except (ExplainError, psycopg.Error) as exc:
-                notes.add(f"no estimate for a statement: {str(exc).splitlines()[0][:120]}")
+                first = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+                self._est_notes.add(f"no estimate for a statement: {first}")
                 continue
             figures = figures_from_plan(result.plan)
             if figures is None:
-                notes.add("the server printed no DPU estimate (not Aurora DSQL?)")
+                self._est_notes.add("the server printed no DPU estimate (not Aurora DSQL?)")
                 continue
-            total = figures if total is None else total + figures
-            writes = statement_writes(stmt.first_word, stmt.text)
-            notes.add(ESTIMATE_WRITE_NOTE if writes else ESTIMATE_READ_NOTE)
-        if total is not None or notes:
-            record(
-                self.magic,
-                source=EXPLAIN,
-                figures=total if total is not None else DpuFigures(),
-                statements=len(statements),
-                sql=sql,
-                connection=name,
-                note="; ".join(sorted(notes)),
-            )
+            total = self._est_total
+            self._est_total = figures if total is None else total + figures
+            self._est_notes.add(ESTIMATE_WRITE_NOTE if writes else ESTIMATE_READ_NOTE)
 
 
 def begin_cell(

@@ -72,7 +72,9 @@ def read_meter(conn: psycopg.Connection[Any], *, known_meter: bool = False) -> M
         return None
     try:
         with conn.cursor() as cur:
-            cur.execute(SESSION_DPU_SQL)
+            # Never a server-side prepared statement: the answer must be computed now (a
+            # prepared sys.session_dpu() on the emulator returned the figures of its Parse).
+            cur.execute(SESSION_DPU_SQL, prepare=False)
             row = cur.fetchone()
             names = [c.name for c in cur.description or []]
     except psycopg.Error:

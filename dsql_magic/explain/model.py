@@ -80,9 +80,9 @@ class PlanNode:
     def title(self) -> str:
         """The node as its header line names it, without the figures."""
         text = self.node_type + (f" ({self.subtype})" if self.subtype else "")
-        if self.index and self.node_type not in _INDEX_ONLY_TYPES:
+        if self.index and self.relation:
             text += f" using {self.index}"
-        target = self.relation or (self.index if self.node_type in _INDEX_ONLY_TYPES else None)
+        target = self.relation or self.index
         if target:
             schema = _quote(self.schema) + "." if self.schema else ""
             text += f" on {schema}{_quote(target)}"
@@ -132,7 +132,6 @@ class PlanNode:
         return [c.text for c in self.conditions if c.kind == kind]
 
 
-_INDEX_ONLY_TYPES: Final = frozenset({"Bitmap Index Scan"})
 _PLAIN_IDENT_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
 
 
