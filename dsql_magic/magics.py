@@ -59,6 +59,7 @@ SUBCOMMANDS: dict[str, str] = {
     "clusters": "dsql_magic.controlplane:cmd_clusters",
     "explain": "dsql_magic.explain.magic:cmd_explain",
     "dpu": "dsql_magic.dpu.command:cmd_dpu",
+    "emulator": "dsql_magic.emulator.magic_support:cmd_emulator",
 }
 
 _IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -356,6 +357,8 @@ def _connect_parser() -> argparse.ArgumentParser:
     p.add_argument("--sslmode", help="libpq sslmode (default: verify-full)")
     p.add_argument("--sslrootcert", help="'system' or a CA file (default: system)")
     p.add_argument("--emulator", action="store_true", help="connect to the local emulator")
+    p.add_argument("--data-dir", help="emulator data directory (default: per-user, persistent)")
+    p.add_argument("--ephemeral", action="store_true", help="emulator with temporary data")
     return p
 
 
@@ -376,7 +379,10 @@ def cmd_connect(magic: DsqlMagic, args: str, cell: str | None) -> object:
         sslmode=ns.sslmode or magic.sslmode,
         sslrootcert=ns.sslrootcert or magic.sslrootcert,
     )
-    target = _emulator_target(options) if ns.emulator else _cluster_target(magic, options)
+    if ns.emulator:
+        target = _emulator_target(options, data_dir=ns.data_dir, ephemeral=ns.ephemeral)
+    else:
+        target = _cluster_target(magic, options)
     name = options.name or target.label or target.cluster_id or target.host
     connection = DsqlConnection(name, target, magic.minter, connect_timeout=magic.connect_timeout)
     connection.open()
@@ -387,14 +393,16 @@ def cmd_connect(magic: DsqlMagic, args: str, cell: str | None) -> object:
     )
 
 
-def _emulator_target(options: ConnectOptions) -> ConnectTarget:
+def _emulator_target(
+    options: ConnectOptions, *, data_dir: str | None = None, ephemeral: bool = False
+) -> ConnectTarget:
     try:
         support = importlib.import_module("dsql_magic.emulator.magic_support")
     except ImportError:
         raise UsageProblem(
             "the emulator is not available", "pip install 'dsql-magic[emulator]'"
         ) from None
-    return support.connect_target(options)
+    return support.connect_target(options, data_dir=data_dir, ephemeral=ephemeral)
 
 
 def _cluster_target(magic: DsqlMagic, options: ConnectOptions) -> ConnectTarget:
