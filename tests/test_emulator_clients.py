@@ -10,6 +10,7 @@ import asyncio
 import os
 import ssl
 import subprocess
+import time
 import uuid
 from typing import Any
 
@@ -249,3 +250,57 @@ def test_pgbench_select_only(emulator: Emulator, emulator_conninfo: ConnInfo) ->
     assert result.returncode == 0, result.stderr
     assert "number of transactions actually processed: 200/200" in result.stdout
     assert "number of failed transactions: 0" in result.stdout
+
+
+def test_plaintext_connection_is_refused(emulator_conninfo: ConnInfo) -> None:
+    with pytest.raises(psycopg.OperationalError) as info:
+        psycopg.connect(**emulator_conninfo(sslmode="disable"))
+    assert "TLS is required" in str(info.value) or "SSL" in str(info.value)
+
+
+def test_sslmode_require_works(emulator_conninfo: ConnInfo) -> None:
+    kwargs = emulator_conninfo(sslmode="require")
+    kwargs.pop("sslrootcert")
+    with psycopg.connect(**kwargs) as conn:
+        assert conn.pgconn.ssl_in_use
+
+
+def test_verify_full_with_another_ca_fails(
+    emulator_conninfo: ConnInfo, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from dsql_magic.emulator.tls import ensure_certificates, server_names
+
+    other = ensure_certificates(tmp_path_factory.mktemp("otherca"), server_names("x", "us-east-1"))
+    with pytest.raises(psycopg.OperationalError, match="certificate verify failed"):
+        psycopg.connect(**emulator_conninfo(sslrootcert=str(other.ca_cert)))
+
+
+def test_verify_full_with_a_name_not_in_the_certificate_fails(
+    emulator: Emulator, emulator_conninfo: ConnInfo
+) -> None:
+    kwargs = emulator_conninfo(host="example.com", hostaddr="127.0.0.1")
+    kwargs["password"] = emulator.token(hostname="example.com")
+    with pytest.raises(psycopg.OperationalError, match=r"does not match|certificate"):
+        psycopg.connect(**kwargs)
+
+
+def test_refused_tokens_reach_the_client_without_echo(
+    emulator: Emulator, emulator_conninfo: ConnInfo
+) -> None:
+    cases = {
+        "expired": emulator.token(expires_in=1),
+        "wrong action": emulator.token(user="analyst"),
+        "wrong host": emulator.token(hostname="other.dsql.us-east-1.on.aws"),
+        "not a token": "hunter2hunter2",
+    }
+
+    time.sleep(2)  # let the 1-second token expire
+    for case, token in cases.items():
+        with pytest.raises(psycopg.OperationalError) as info:
+            psycopg.connect(**emulator_conninfo(password=token))
+        text = str(info.value)
+        assert "unable to accept connection, access denied" in text, case
+        assert token not in text, case
+        diag = getattr(info.value, "diag", None)
+        if diag is not None and diag.sqlstate:
+            assert diag.sqlstate == "28000", case
