@@ -395,3 +395,85 @@ def test_fuzz_mutated_manual_plans_only_value_error(
         at = position % (len(text) + 1)
         text = text[:at] + insert + text[at + len(insert) // 2 :]
     _only_value_error(text)
+
+
+# ------------------------------------------------------------------------------ the emulator
+
+
+@pytest.fixture(scope="module")
+def emulator_plans(dpu_emulator: Any) -> dict[str, Any]:
+    """The emulator's EXPLAIN output (text and JSON) for the manual's three scan shapes."""
+    queries = {
+        "full": "SELECT account_id FROM h4_txn WHERE transaction_date > '2025-01-01' "
+        "AND description LIKE '%external%'",
+        "index_only": "SELECT balance FROM h4_account WHERE customer_id = 7 AND status = 'pending'",
+        "lookup": "SELECT balance, created_at FROM h4_account WHERE customer_id = 7 "
+        "AND created_at > '2025-01-01'",
+        "analyze": "SELECT * FROM h4_account WHERE id < 20",
+    }
+    out: dict[str, Any] = {}
+    with dpu_emulator.connect(autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS h4_txn")
+        conn.execute("DROP TABLE IF EXISTS h4_account")
+        conn.execute(
+            "CREATE TABLE h4_txn (account_id int, transaction_date timestamp, description text)"
+        )
+        conn.execute(
+            "CREATE TABLE h4_account (id int PRIMARY KEY, customer_id int, balance numeric, "
+            "status varchar(20), created_at timestamp)"
+        )
+        cur = conn.execute(
+            "CREATE INDEX ASYNC ON h4_account (customer_id) INCLUDE (balance, status)"
+        )
+        if cur.description is not None:  # DSQL answers with the job id: wait for the build
+            row = cur.fetchone()
+            assert row is not None
+            conn.execute("SELECT sys.wait_for_job(%s)", (row[0],))
+        conn.execute(
+            "INSERT INTO h4_account SELECT g, g % 50, g, 'pending', now() "
+            "FROM generate_series(1, 500) g"
+        )
+        conn.execute("ANALYZE h4_account")
+        for name, sql in queries.items():
+            mode = "ANALYZE VERBOSE " if name == "analyze" else ""
+            out[name, "text"] = conn.execute(f"EXPLAIN {mode}{sql}").fetchall()
+            json_mode = "(ANALYZE, VERBOSE, FORMAT JSON)" if mode else "(FORMAT JSON)"
+            out[name, "json"] = conn.execute(f"EXPLAIN {json_mode} {sql}").fetchall()
+    return out
+
+
+def test_emulator_plans_have_the_manual_shapes(emulator_plans: dict[str, Any]) -> None:
+    full = parse_plan(emulator_plans["full", "text"])
+    assert full.dsql and full.root.node_type == "Full Scan" and full.root.subtype == "btree-table"
+    assert types(full) == ["Full Scan", "Storage Scan", "B-Tree Scan"]
+    only = parse_plan(emulator_plans["index_only", "text"])
+    assert only.root.node_type == "Index Only Scan"
+    assert only.root.index and only.root.index != "h4_account_pkey"
+    kinds = {c.kind for n in only.nodes() for c in n.conditions}
+    assert "index" in kinds
+    lookup = parse_plan(emulator_plans["lookup", "text"])
+    assert "Storage Lookup" in types(lookup) and lookup.root.node_type == "Index Scan"
+
+
+@pytest.mark.parametrize("name", ["full", "index_only", "lookup", "analyze"])
+def test_emulator_text_and_json_agree(emulator_plans: dict[str, Any], name: str) -> None:
+    text = parse_plan(emulator_plans[name, "text"])
+    as_json = parse_plan(emulator_plans[name, "json"])
+    assert types(text) == types(as_json)
+    for a, b in zip(text.nodes(), as_json.nodes(), strict=True):
+        # (JSON names the schema even without VERBOSE; text only with it.)
+        assert (a.node_type, a.subtype, a.relation, a.index) == (
+            b.node_type,
+            b.subtype,
+            b.relation,
+            b.index,
+        )
+        assert sorted(map(tuple, a.conditions)) == sorted(map(tuple, b.conditions))
+        assert a.projections == b.projections and a.estimated_rows == b.estimated_rows
+    if name == "analyze":
+        assert text.dpu is not None and as_json.dpu is not None
+        assert text.dpu == as_json.dpu
+        assert text.dpu["total"] == pytest.approx(
+            sum(text.dpu[k] or 0 for k in ("compute", "read", "write")), abs=2e-5
+        )
+        assert text.query_identifier == as_json.query_identifier

@@ -55,7 +55,7 @@ class PlanNode:
 
     node_type: str
     subtype: str | None = None  # "btree-table" in "Full Scan (btree-table)"
-    relation: str | None = None
+    relation: str | None = None  # for DSQL storage nodes: the table or index they read
     schema: str | None = None
     index: str | None = None
     alias: str | None = None

@@ -30,6 +30,9 @@ DSQL_NODE_TYPES: Final = frozenset(
     {"Full Scan", "Storage Scan", "B-Tree Scan", "Storage Lookup", "B-Tree Lookup"}
 )
 
+#: DSQL's storage-layer nodes, which read one storage object (a table or an index).
+_STORAGE_NODE_TYPES: Final = DSQL_NODE_TYPES - {"Full Scan"}
+
 #: Node types a plan may start with when costs are off (``EXPLAIN (COSTS OFF)``).
 _KNOWN_ROOT_WORDS: Final = frozenset(
     {
@@ -424,6 +427,10 @@ def _json_node(doc: Mapping[str, Any], depth: int) -> PlanNode:
     node.index = _json_str(doc, "Index Name") or node.index
     if node.alias == node.relation:  # JSON repeats the name as the alias; text does not
         node.alias = None
+    if node.node_type in _STORAGE_NODE_TYPES and node.relation is None and node.index:
+        # Text prints "Storage Scan on <object>" whether it is a table or an index; the model
+        # keeps that object in `relation` for storage nodes, from either format.
+        node.relation, node.index = node.index, None
     node.parent_relationship = _json_str(doc, "Subplan Name") or _json_str(
         doc, "Parent Relationship"
     )
