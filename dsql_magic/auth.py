@@ -204,6 +204,11 @@ class TokenMinter:
                 f"could not sign the DSQL token: {scrub(str(exc))}",
                 "refresh the AWS credentials (expired SSO session? run `aws sso login`)",
             ) from None
+        except (AttributeError, TypeError, ValueError):  # botocore cannot sign for this host
+            raise ConnectionFailed(
+                f"cannot sign a DSQL token for host {host!r}",
+                "connect by host name (the cluster endpoint); use --hostaddr for the address",
+            ) from None
         return Token(value, action=action, minted_at=now, expires_at=now + ttl)
 
     @staticmethod

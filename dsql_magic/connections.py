@@ -41,6 +41,7 @@ _CLUSTER_ID_RE = re.compile(r"^[a-z0-9]{10,64}$")
 # Reconnect this long before DSQL's hard limit, so a cell never starts on a dying connection.
 RECONNECT_MARGIN_SECONDS = 120
 APPLICATION_NAME = f"dsql-magic/{__version__}"
+_VERIFYING = frozenset({"verify-ca", "verify-full"})
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ def parse_target(
         host_region = reg
     final_region = region or url_region or host_region or default_region
     return Endpoint(
-        host=host.lower(),
+        host=host if host.startswith("/") else host.lower(),  # "/dir": a unix socket
         region=final_region,
         cluster_id=cluster_id,
         port=port or url_port or DEFAULT_PORT,
@@ -261,7 +262,8 @@ class DsqlConnection:
             "application_name": APPLICATION_NAME,
             "connect_timeout": self._connect_timeout,
         }
-        if t.sslrootcert:
+        # libpq refuses sslrootcert=system with a weaker sslmode; "system" is only our default.
+        if t.sslrootcert and not (t.sslrootcert == "system" and t.sslmode not in _VERIFYING):
             kwargs["sslrootcert"] = t.sslrootcert
         if t.hostaddr:
             kwargs["hostaddr"] = t.hostaddr

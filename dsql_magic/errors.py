@@ -335,6 +335,7 @@ def connection_error(exc: Exception, *, user: str, host: str) -> DsqlMagicError:
     first = text.splitlines()[0] if text else type(exc).__name__
     # libpq puts the server's FATAL text after "failed: "; show that part.
     reason = first.rsplit("failed: ", 1)[-1] if "FATAL" in first else first
+    reason = re.sub(r"^(FATAL|ERROR):\s+", "", reason)
     lowered = text.lower()
     if any(phrase in lowered for phrase in _ACCESS_DENIED_PHRASES):
         server_hint = None

@@ -31,6 +31,7 @@ import shlex
 from collections.abc import Callable
 from typing import Any
 
+import pandas as pd
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from traitlets import Bool, Enum, Float, Int, Unicode, observe, validate
@@ -62,6 +63,9 @@ SUBCOMMANDS: dict[str, str] = {
     "emulator": "dsql_magic.emulator.magic_support:cmd_emulator",
 }
 
+_NO_CELL_ARGS = argparse.Namespace(
+    var=None, conn=None, limit=None, no_retry=False, readonly=False, explain=None, dpu=False
+)
 _IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Options a line-form query may start with: name -> takes a value.
 _QUERY_OPTIONS = {
@@ -235,7 +239,7 @@ class DsqlMagic(Magics):
                 return Message(_USAGE)
             options, sql = split_line_options(line)
             return self.run_query(sql, **options)
-        args = parse_argstring(self.dsql, line)
+        args = parse_argstring(self.dsql, line) if line.strip() else _NO_CELL_ARGS
         if args.explain not in (None, "plan", "analyze"):  # `--explain VAR`: VAR is the variable
             args.var, args.explain = args.var or args.explain, "plan"
         if args.var is not None and not _IDENT_RE.match(args.var):
@@ -292,9 +296,15 @@ class DsqlMagic(Magics):
         """The cell's output for an outcome: a DataFrame (last result set) or command tags."""
         if outcome.columns is None:
             return CommandResult(outcome.tags, outcome.notes)
-        df = to_dataframe(outcome.columns, outcome.rows, numeric_as=self.numeric_as)
+        polars_wanted = self.dataframe == "polars"
+        df = to_dataframe(
+            outcome.columns,
+            outcome.rows,
+            numeric_as=self.numeric_as,
+            cls=pd.DataFrame if polars_wanted else DsqlFrame,
+        )
         notes = [*outcome.tags_after_result, *outcome.notes]
-        if self.dataframe == "polars":
+        if polars_wanted:
             import polars
 
             for note in notes:

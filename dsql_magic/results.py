@@ -69,20 +69,27 @@ def _convert(values: Sequence[Any], oid: int, numeric_as: str) -> Any:
 
 
 def to_dataframe(
-    columns: Sequence[Column], rows: Sequence[tuple[Any, ...]], *, numeric_as: str = "decimal"
+    columns: Sequence[Column],
+    rows: Sequence[tuple[Any, ...]],
+    *,
+    numeric_as: str = "decimal",
+    cls: type[pd.DataFrame] = pd.DataFrame,
 ) -> pd.DataFrame:
-    """A DataFrame from rows as psycopg returns them (tuples), typed by the columns' OIDs."""
+    """A DataFrame (of class ``cls``) from rows as psycopg returns them, typed by column OIDs."""
     if not columns:
-        return pd.DataFrame()
-    if rows:
-        transposed: list[Sequence[Any]] = list(zip(*rows, strict=True))
-    else:
-        transposed = [() for _ in columns]
-    data: dict[int, Any] = {}
-    for i, (col, values) in enumerate(zip(columns, transposed, strict=True)):
-        data[i] = _convert(values, col.type_oid, numeric_as)
-    df = pd.DataFrame(data, copy=False)
-    df.columns = pd.Index([c.name for c in columns], dtype=object)
+        return cls()
+    # Column by column: much faster than zip(*rows) on large results.
+    transposed = [[row[i] for row in rows] for i in range(len(columns))]
+    arrays = [
+        _convert(values, col.type_oid, numeric_as)
+        for col, values in zip(columns, transposed, strict=True)
+    ]
+    names = [c.name for c in columns]
+    if len(set(names)) == len(names):
+        return cls(dict(zip(names, arrays, strict=True)), copy=False)
+    # Duplicate names (``SELECT 1 AS a, 2 AS a``): build by position, then name the columns.
+    df = cls(dict(enumerate(arrays)), copy=False)
+    df.columns = pd.Index(names, dtype=object)
     return df
 
 
@@ -98,9 +105,9 @@ class DsqlFrame(pd.DataFrame):
 
     @classmethod
     def wrap(cls, df: pd.DataFrame, *, limit: int | None, notes: Sequence[str] = ()) -> DsqlFrame:
-        out = cls(df, copy=False)
-        out._dsql_limit = limit
-        out._dsql_notes = list(notes)
+        out = df if isinstance(df, DsqlFrame) else cls(df, copy=False)
+        object.__setattr__(out, "_dsql_limit", limit)
+        object.__setattr__(out, "_dsql_notes", list(notes))
         return out
 
     def _limit(self) -> int | None:

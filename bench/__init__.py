@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m bench [--quick] [NAME ...]``; results in ``bench/RESULTS.md``."""
