@@ -304,3 +304,21 @@ def test_refused_tokens_reach_the_client_without_echo(
         diag = getattr(info.value, "diag", None)
         if diag is not None and diag.sqlstate:
             assert diag.sqlstate == "28000", case
+
+
+def test_custom_role_connects_only_when_mapped(
+    emulator: Emulator, emulator_conninfo: ConnInfo
+) -> None:
+    role = f"analyst_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(**emulator_conninfo(), autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} WITH LOGIN")
+    # Refused at connect, or at the latest before the first statement runs.
+    with pytest.raises(psycopg.OperationalError, match="access denied"):  # noqa: SIM117
+        with psycopg.connect(**emulator_conninfo(role)) as conn:
+            conn.execute("SELECT 1")
+    with psycopg.connect(**emulator_conninfo(), autocommit=True) as conn:
+        conn.execute(f"AWS IAM GRANT {role} TO '{emulator.info.admin_arn}'")
+    kwargs = emulator_conninfo(role)
+    assert "Action=DbConnect&" in kwargs["password"]
+    with psycopg.connect(**kwargs) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (role,)

@@ -177,10 +177,13 @@ async def serve_forever(
             loop.add_signal_handler(sig, shutdown.set)
     if exit_on_stdin_eof:
         event = shutdown
+        fd = sys.stdin.fileno()
 
         def watch_stdin() -> None:
+            # os.read on the raw fd: a daemon thread blocked in a buffered read would hold the
+            # buffer's lock and make the interpreter abort at exit.
             with contextlib.suppress(OSError, ValueError):
-                while sys.stdin.buffer.read(4096):
+                while os.read(fd, 4096):
                     pass
             log.info("parent process gone (stdin closed): shutting down")
             loop.call_soon_threadsafe(event.set)
