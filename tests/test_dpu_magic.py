@@ -154,8 +154,8 @@ def test_explain_subcommand_on_postgres(connected: PgServer, magic: Any, table: 
     assert magic(f"SELECT count(*) AS n FROM {table}")["n"].tolist() == [10]
     text = magic(line=f"explain --text SELECT * FROM {table} WHERE id = 1")
     assert isinstance(text, Message) and "Index Scan" in text.text
-    bundle = result._repr_mimebundle_()
-    assert "application/vnd.jupyter.widget-view+json" in bundle and "text/html" in bundle
+    data, _metadata = result._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in data and "text/html" in data
 
 
 def test_explain_with_parameters(

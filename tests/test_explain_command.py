@@ -48,7 +48,8 @@ def test_analyze_of_a_write_is_rolled_back(conn: psycopg.Connection[Any]) -> Non
     assert count(conn) == 50
     assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     assert (
-        "rolled back" in result.text() and "rolled back" in result._repr_mimebundle_()["text/html"]
+        "rolled back" in result.text()
+        and "rolled back" in result._repr_mimebundle_()[0]["text/html"]
     )
 
 

@@ -19,7 +19,7 @@ from dsql_magic.explain.compare import compare_plans
 from dsql_magic.explain.html import render_html
 from dsql_magic.explain.model import Plan
 from dsql_magic.explain.text import render_text
-from dsql_magic.explain.widget import OPEN_ALL_UP_TO, PlanWidget
+from dsql_magic.explain.widget import OPEN_ALL_UP_TO, STATIC, PlanWidget
 
 PLANS = Path(__file__).parent / "fixtures" / "plans"
 SNAPSHOTS = Path(__file__).parent / "fixtures" / "explain_snapshots"
@@ -141,73 +141,79 @@ def test_widget_state_of_the_index_scan_example() -> None:
     root_conditions = [(c["kind"], c["colour"]) for c in w.nodes[0]["conditions"]]
     assert root_conditions == [("processor", "#c62828"), ("index", "#2e7d32")]
     assert [(c["kind"], c["colour"]) for c in w.nodes[3]["conditions"]] == [("storage", "#b26a00")]
-    assert sorted(w.expanded) == [0, 1, 3]  # small plans open fully
-    assert w.selected == 0 and w.name_button(0).button_style == "info"
+    assert w.expanded == [0, 1, 3]  # small plans open fully
+    assert w.selected == 0 and w.visible() == [0, 1, 2, 3, 4]
     assert [a["kind"] for a in w.advice] == ["processor-filter", "lookup"]
-    assert w.dpu == {}
+    assert w.dpu == {} and w.summary == ""
+    assert ["estimated rows", "4"] in w.nodes[3]["details"]
     state = w.get_state()
-    assert {"nodes", "expanded", "selected", "dpu", "advice"} <= set(state)
+    assert {"nodes", "expanded", "selected", "dpu", "advice", "_esm", "_css"} <= set(state)
 
 
-def test_widget_click_collapses_and_expands() -> None:
+def front_end_update(w: PlanWidget, **state: object) -> None:
+    """Deliver a state update as the front end's ``save_changes()`` sends it over the comm."""
+    w._handle_msg({"content": {"data": {"method": "update", "state": state}}})
+
+
+def test_widget_click_from_the_front_end_collapses_and_selects() -> None:
     w = PlanWidget(manual("index_scan"))
-    w.toggle_button(1).click()
-    assert sorted(w.expanded) == [0, 3]
-    assert w.toggle_button(1).description == "▸"
-    assert w._child_boxes[1].layout.display == "none"
-    assert not w.is_visible(2) and not w.is_visible(4) and w.is_visible(1)
-    w.toggle_button(1).click()
-    assert sorted(w.expanded) == [0, 1, 3]
-    assert w.toggle_button(1).description == "▾" and w._child_boxes[1].layout.display == ""
-
-
-def test_widget_click_selects_and_shows_details() -> None:
-    w = PlanWidget(manual("index_scan"))
-    w.name_button(3).click()
+    front_end_update(w, expanded=[0, 3])  # the ▾ of node 1 clicked
+    assert w.expanded == [0, 3]
+    assert w.visible() == [0, 1] and not w.is_visible(2) and not w.is_visible(4)
+    front_end_update(w, selected=3)  # the name of node 3 clicked
     assert w.selected == 3
-    assert w.name_button(3).button_style == "info" and w.name_button(0).button_style == ""
-    assert "Storage Lookup on account" in w._details.value
-    assert "created_at &gt; " in w._details.value
-    assert "INCLUDE" in w._details.value  # the lookup's advice shows with the node
+    front_end_update(w, expanded=[0, 1, 3])
+    assert w.visible() == [0, 1, 2, 3, 4]
 
 
-def test_widget_trait_change_from_the_front_end_updates_view() -> None:
+def test_widget_python_actions() -> None:
     w = PlanWidget(manual("index_scan"))
-    w.set_state({"expanded": [0], "selected": 2})  # as a front-end message would
-    assert w._child_boxes[1].layout.display == "none" and w.selected == 2
+    w.toggle(1)
+    assert w.expanded == [0, 3]
+    w.toggle(1)
+    assert w.expanded == [0, 1, 3]
+    w.toggle(2)  # a leaf has nothing to open
+    assert w.expanded == [0, 1, 3]
+    w.select(4)
+    assert w.selected == 4
+    w.select(99)
+    assert w.selected == 4
+    w.collapse_all()
+    assert w.visible() == [0]
+    w.expand_all()
+    assert w.visible() == [0, 1, 2, 3, 4]
 
 
-def test_widget_builds_rows_lazily_for_large_plans() -> None:
-    lines = ["Append  (cost=0.00..10.00 rows=100 width=4)"]
-    for i in range(OPEN_ALL_UP_TO + 20):
-        lines.append(f"  ->  Seq Scan on t{i}  (cost=0.00..1.00 rows=1 width=4)")
-        lines.append(f"        ->  Seq Scan on u{i}  (cost=0.00..1.00 rows=1 width=4)")
-    w = PlanWidget(parse_plan("\n".join(lines)))
-    count = len(w.nodes)
-    assert count == 1 + 2 * (OPEN_ALL_UP_TO + 20)
-    assert len(w._rows) == count  # depth < OPEN_DEPTH: all three levels are open
+def test_widget_opens_large_plans_a_few_levels_deep() -> None:
     deep = ["Result  (cost=0.00..0.01 rows=1 width=4)"]
     for depth in range(1, OPEN_ALL_UP_TO + 10):
         deep.append("  " * depth + f"->  Result  (cost=0.00..0.01 rows=1 width={depth})")
     w = PlanWidget(parse_plan("\n".join(deep)))
-    assert len(w._rows) == 4  # levels 0..3 built, the rest only when opened
-    w.expand_all()
-    assert len(w._rows) == len(w.nodes)
-    w.collapse_all()
-    assert w.expanded == [] and w._child_boxes[0].layout.display == "none"
+    assert w.expanded == [0, 1, 2]
+    assert w.visible() == [0, 1, 2, 3]
+    wide = ["Append  (cost=0.00..10.00 rows=100 width=4)"]
+    for i in range(OPEN_ALL_UP_TO + 5):
+        wide.append(f"  ->  Seq Scan on t{i}  (cost=0.00..1.00 rows=1 width=4)")
+    assert len(PlanWidget(parse_plan("\n".join(wide))).visible()) == OPEN_ALL_UP_TO + 6
 
 
 def test_widget_mimebundle_has_fallbacks() -> None:
     w = PlanWidget(manual("dpu_select"), note="a note")
-    bundle = w._repr_mimebundle_()
-    assert "application/vnd.jupyter.widget-view+json" in bundle
-    assert bundle["text/plain"].startswith("a note\nDPU estimate: Compute 0.01607")
-    assert "dsql-plan-tree" in bundle["text/html"] and "a note" in bundle["text/html"]
-    assert (
-        repr(w)
-        == "PlanWidget('Index Only Scan using test_table_pkey on public.test_table', 3 nodes)"
+    data, _metadata = w._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in data
+    assert data["text/plain"].startswith("a note\nDPU estimate: Compute 0.01607")
+    assert "dsql-plan-tree" in data["text/html"] and "a note" in data["text/html"]
+    assert repr(w) == (
+        "PlanWidget('Index Only Scan using test_table_pkey on public.test_table', 3 nodes)"
     )
     assert w.dpu == {"compute": 0.01607, "read": 0.04312, "write": 0.0, "total": 0.05919}
+    assert w.summary == "planning 11.415 ms · execution 4.528 ms · query id qymgw1m77maoe"
+
+
+def test_front_end_files_are_in_the_package() -> None:
+    assert STATIC.joinpath("plan_widget.js").is_file()
+    assert STATIC.joinpath("plan_widget.css").is_file()
+    assert "export default" in STATIC.joinpath("plan_widget.js").read_text()
 
 
 # ----------------------------------------------------------------------------------------- compare
@@ -227,6 +233,7 @@ def test_compare_plans() -> None:
     widget = cmp.widget()
     pair = widget.children[1]
     assert [type(c).__name__ for c in pair.children] == ["PlanWidget", "PlanWidget"]
+    assert [c.title for c in pair.children] == ["lookup", "covering"]
 
 
 def test_compare_dpu() -> None:

@@ -67,7 +67,7 @@ class ExplainResult:
     def __repr__(self) -> str:
         return self.text()
 
-    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+    def _repr_mimebundle_(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         return self.widget()._repr_mimebundle_(**kwargs)
 
 
