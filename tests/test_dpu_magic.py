@@ -243,3 +243,17 @@ def test_refresh_fills_cloudwatch_entries(monkeypatch: pytest.MonkeyPatch) -> No
     [filled] = state.ledger.entries
     assert filled.id == entry.id and filled.figures == DpuFigures(0.5, 0.25, 0.25, 1.0)
     assert "cluster-wide" in filled.note
+
+
+def test_price_is_configurable_and_line_form_dpu(
+    emu_table: str, magic: Any, dsql: DsqlMagic, ip: InteractiveShell
+) -> None:
+    state_of(dsql).ledger.clear()
+    ip.run_line_magic("config", "DsqlMagic.dpu_price_usd = 2.5")
+    assert dsql.dpu_price_usd == 2.5
+    frame = magic(line=f"--dpu SELECT * FROM {emu_table}")
+    assert frame is not None
+    ledger = magic(line="dpu --no-refresh")
+    assert ledger["source"].tolist() == [EMULATOR, EXPLAIN]
+    assert ledger["cost_usd"].tolist() == pytest.approx((ledger["total"] * 2.5).tolist())
+    assert ledger.summary["cost_usd"].sum() == pytest.approx(ledger["total"].sum() * 2.5)
