@@ -260,3 +260,9 @@ def test_damaged_account_file_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "account.json").write_text("{not json")
     with pytest.raises(ValueError, match="damaged"):
         LocalAccount.load_or_create(tmp_path)
+
+
+def test_non_ascii_escapes_are_refused_not_crashed(verifier: TokenVerifier) -> None:
+    token = boto_token(ACCOUNT.admin)
+    refusal(verifier, token.replace("X-Amz-Signature=", "X-Amz-Signature=%a5"))
+    refusal(verifier, token.replace("X-Amz-Credential=AKIA", "X-Amz-Credential=%e9KIA"))

@@ -94,7 +94,7 @@ class LocalAccount:
 
     def find(self, access_key_id: str) -> Identity | None:
         for identity in self.identities:
-            if hmac.compare_digest(identity.access_key_id, access_key_id):
+            if hmac.compare_digest(identity.access_key_id.encode(), access_key_id.encode()):
                 return identity
         return None
 
@@ -349,7 +349,8 @@ class TokenVerifier:
             if (identity.session_token or None) != (p.get("X-Amz-Security-Token") or None):
                 raise errors.access_denied(HINT_INVALID_KEY)
             expected = _signature(parsed, identity, region, p["X-Amz-Date"])
-            if not hmac.compare_digest(expected, p["X-Amz-Signature"].lower()):
+            given = p["X-Amz-Signature"].lower().encode()
+            if not hmac.compare_digest(expected.encode(), given):
                 raise errors.access_denied(HINT_BAD_SIGNATURE)
 
         now = self.clock()
