@@ -126,7 +126,7 @@ class WireServer:
 
 @pytest.fixture(scope="session")
 def wire_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WireEnv]:
-    data_dir = tmp_path_factory.mktemp("wire-engine")
+    data_dir = tmp_path_factory.mktemp("wire-engine") / "data"
     engine = Engine(data_dir, remove_on_stop=True)
     engine.start()
     try:

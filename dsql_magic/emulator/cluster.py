@@ -151,7 +151,8 @@ class Cluster:
         """The session a CancelRequest names, if its secret matches."""
         handle = self.sessions.get(session_id)
         if handle is None or not secrets.compare_digest(
-            handle.secret.to_bytes(4, "big"), secret.to_bytes(4, "big", signed=False)
+            (handle.secret & 0xFFFFFFFF).to_bytes(4, "big"),
+            (secret & 0xFFFFFFFF).to_bytes(4, "big"),
         ):
             return None
         return handle
@@ -169,9 +170,10 @@ class Cluster:
 _HOOK_FACTORIES: tuple[tuple[str, str], ...] = (
     ("dsql_magic.emulator.policy", "make_hook"),  # dialect (issue 4)
     ("dsql_magic.emulator.txnrules", "make_hook"),  # transaction rules and limits (issue 4)
-    ("dsql_magic.emulator.occ", "make_hook"),  # OCC and schema version (issue 5)
+    ("dsql_magic.emulator.schema_version", "make_hook"),  # OC001 (issue 5)
+    ("dsql_magic.emulator.occ", "make_hook"),  # OCC and conflict injection (issue 5)
     ("dsql_magic.emulator.sys_catalog", "make_hook"),  # sys schema (issue 5)
-    ("dsql_magic.emulator.jobs", "make_hook"),  # async jobs (issue 5)
+    ("dsql_magic.emulator.jobs_hook", "make_hook"),  # async jobs and sys (issue 5)
     ("dsql_magic.emulator.explain", "make_hook"),  # DSQL-shaped EXPLAIN (issue 6)
     ("dsql_magic.emulator.metering", "make_hook"),  # DPU meter (issue 6)
 )

@@ -165,6 +165,7 @@ async def _negotiate(
     loop = asyncio.get_running_loop()
     ctx = cluster.ssl_context
     first = await _peek(loop, sock)
+    log.debug("new connection, first byte %r", first)
     if not first:
         return None
     tls = False
@@ -181,6 +182,7 @@ async def _negotiate(
         tls = True
     else:
         reader, writer = await _open(loop, sock, None)
+    returning = False
     try:
         while True:
             header = await reader.readexactly(4)
@@ -202,6 +204,7 @@ async def _negotiate(
             elif isinstance(msg, protocol.GSSENCRequest):
                 writer.write(b"N")
             elif isinstance(msg, protocol.CancelRequest):
+                log.debug("cancel request for session %s", msg.pid)
                 await handle_cancel(cluster, msg.pid, msg.secret)
                 writer.close()
                 return None
@@ -210,12 +213,15 @@ async def _negotiate(
                     raise errors.unsupported_protocol(msg.major, msg.minor)
                 if cluster.settings.require_tls and not tls:
                     raise errors.tls_required()
+                returning = True
                 return reader, writer, msg
     except DsqlError as err:
         await _refuse(writer, err)
     except protocol.ProtocolError as exc:
         await _refuse(writer, errors.protocol_violation(str(exc)))
-    writer.close()
+    finally:
+        if not returning:
+            writer.close()
     return None
 
 

@@ -37,6 +37,7 @@ from .backend import Backend, send_cancel
 from .cluster import Cluster, SessionHandle
 from .errors import DsqlError
 from .hooks import (
+    BoundStatement,
     CommandResult,
     Forward,
     QueryResult,
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 _FAIL_SQL = "SELECT 'dsql-emulator refusal'::pg_catalog.int4"
 _BEGIN_SQL = "BEGIN ISOLATION LEVEL REPEATABLE READ"
 _INTERNAL = "_dsql_emulator_internal"
+_GUARD = "_dsql_emulator_guard"  # the internal savepoint around a guarded statement
 _READ_SIZE = 256 * 1024
 _HIGH_WATER = 1 << 20  # drain the client writer above this many buffered bytes
 
@@ -91,6 +93,8 @@ class _Unit:
     hold_complete: bool = False  # keep CommandComplete back (sent after the `after` hooks)
     replace_error: DsqlError | None = None  # send this instead of the backend's error
     collect: bool = False  # decode rows (internal SQL)
+    buffer: bool = False  # a guarded statement: keep what would be relayed in `buffered`
+    buffered: list[bytes] = field(default_factory=list)
     data: bytes = b""  # SYNTHETIC only
     future: asyncio.Future[None] | None = None
     # What happened:
@@ -110,6 +114,7 @@ class _Prepared:
     stmt: Statement | None
     synthetic: Synthetic | None = None
     param_types: tuple[int, ...] = ()
+    sql: str = ""  # what PostgreSQL was given (after a Forward)
 
 
 class Session:
@@ -151,6 +156,9 @@ class Session:
         self.h_after_end = bound_methods(hooks, "after_end")
         self.h_connect = bound_methods(hooks, "on_connect")
         self.h_disconnect = bound_methods(hooks, "on_disconnect")
+        self.h_guard = bound_methods(hooks, "guard")
+        self.h_on_error = bound_methods(hooks, "on_error")
+        self.bind_tails: dict[str, bytes] = {}  # portal -> its Bind after the two names
         self.any_hooks = bool(
             self.h_before or self.h_after or self.h_before_commit or self.h_after_end
         )
@@ -280,6 +288,7 @@ class Session:
             user=self.user,
             cluster=self.cluster,
             executor=self._internal,
+            bound_executor=self._internal_bound,
             session={"iam_identity": identity},  # for the roles hook's mapped-login check
         )
 
@@ -339,6 +348,16 @@ class Session:
         self, t: bytes, fb: protocol.FrameBuffer, start: int, end: int, out: list[bytes]
     ) -> bool:
         """Handle one backend frame: True to relay it as is; `out` gets what follows it."""
+        head = self.pending[0] if self.pending else None
+        relay = self._route(t, fb, start, end, out)
+        if relay and head is not None and head.buffer and t not in (b"N", b"S", b"A"):
+            head.buffered.append(fb.raw(start, end))  # a guarded statement: held back
+            return False
+        return relay
+
+    def _route(
+        self, t: bytes, fb: protocol.FrameBuffer, start: int, end: int, out: list[bytes]
+    ) -> bool:
         if t in (b"N", b"S", b"A"):
             return True
         if not self.pending:
@@ -619,8 +638,13 @@ class Session:
                 sql = reply.sql
             elif _is_begin(stmt):
                 sql = _begin_text(stmt)
+        guarded = in_block and not failed_txn and self._guarded(stmt)
+        if guarded:
+            ctx.current = BoundStatement(sql)
+            self._expect(_Unit(UnitKind.QUERY, relay=False))
+            self._send(protocol.encode_query(f"SAVEPOINT {_GUARD}"))
         unit = self._expect(
-            _Unit(UnitKind.QUERY, hold_ready=True, hold_complete=bool(self.h_after))
+            _Unit(UnitKind.QUERY, hold_ready=True, hold_complete=bool(self.h_after), buffer=guarded)
         )
         self._send(protocol.encode_query(sql))
         if _is_begin(stmt) and not failed_txn:
@@ -629,6 +653,14 @@ class Session:
         await self._wait(unit)
         if unit.skipped:
             return False
+        if guarded:
+            ctx.current = None
+            if unit.error is not None:
+                return await self._recover_simple(stmt, unit, BoundStatement(sql))
+            self._expect(_Unit(UnitKind.QUERY, relay=False))
+            self._send(protocol.encode_query(f"RELEASE SAVEPOINT {_GUARD}"))
+            if unit.buffered:
+                self._send_synthetic(b"".join(unit.buffered))
         if unit.error is not None:
             if txn_kind in _END_KINDS:
                 await self._end_transaction(committed=False)
@@ -648,6 +680,45 @@ class Session:
         elif txn_kind in _END_KINDS:
             await self._end_transaction(committed=tag == "COMMIT")
         return True
+
+    def _guarded(self, stmt: Statement) -> bool:
+        return any(guard(stmt) for guard in self.h_guard)
+
+    async def _on_error_hooks(
+        self, stmt: Statement, err: DsqlError, bound: BoundStatement
+    ) -> Forward | Synthetic | DsqlError | None:
+        """After a guarded statement failed and was rolled back to its savepoint."""
+        ctx = self.ctx
+        assert ctx is not None
+        ctx.current = bound
+        try:
+            for hook in self.h_on_error:
+                outcome = await hook(stmt, err, ctx)
+                if outcome is not None:
+                    return outcome
+        except DsqlError as replaced:
+            return replaced
+        finally:
+            ctx.current = None
+        return None
+
+    async def _recover_simple(self, stmt: Statement, unit: _Unit, bound: BoundStatement) -> bool:
+        """A guarded simple-protocol statement failed: undo it, let on_error decide."""
+        assert unit.error is not None
+        await self._internal_simple(f"ROLLBACK TO SAVEPOINT {_GUARD}; RELEASE SAVEPOINT {_GUARD}")
+        outcome = await self._on_error_hooks(stmt, unit.error, bound)
+        if isinstance(outcome, Synthetic):
+            self._send_synthetic(_synthetic_rows(outcome) + _complete(outcome.tag))
+            return True
+        if isinstance(outcome, Forward):
+            again = self._expect(_Unit(UnitKind.QUERY, hold_ready=True))
+            self._send(protocol.encode_query(outcome.sql))
+            await self._wait(again)
+            return again.error is None and not again.skipped
+        await self._refuse_simple(
+            outcome if isinstance(outcome, DsqlError) else unit.error, in_block=True
+        )
+        return False
 
     async def _refuse_simple(self, err: DsqlError, *, in_block: bool) -> None:
         if err.fatal:
@@ -744,6 +815,7 @@ class Session:
             sql = reply.sql
         elif _is_begin(stmt):
             sql = _begin_text(stmt)
+        info.sql = sql
         self._expect(_Unit(UnitKind.PARSE))
         self._send(raw if sql is msg.sql else protocol.encode_parse(msg.name, sql, msg.param_types))
 
@@ -769,6 +841,9 @@ class Session:
             self._send_synthetic(protocol.BIND_COMPLETE)
             return
         self.portals[msg.portal] = info or _Prepared(None)
+        if self.h_guard:
+            names = len(msg.portal.encode()) + len(msg.statement.encode()) + 2
+            self.bind_tails[msg.portal] = raw[5 + names :]
         self._expect(_Unit(UnitKind.BIND))
         self._send(raw)
 
@@ -803,15 +878,36 @@ class Session:
         if live and stmt is not None and _writes(stmt) and self.h_before_commit:
             self._open_ext_implicit()
         hold = live and bool(self.h_after)
-        unit = self._expect(_Unit(UnitKind.EXECUTE, hold_complete=hold))
+        guarded = (
+            live
+            and stmt is not None
+            and (self.explicit or self.ext_implicit)
+            and self._guarded(stmt)
+            and info is not None
+            and bool(info.sql)
+        )
+        bound = None
+        if guarded and info is not None:
+            bound = BoundStatement(info.sql, info.param_types, self.bind_tails.get(msg.portal))
+            self._internal_ext_nowait(f"SAVEPOINT {_GUARD}")
+        unit = self._expect(_Unit(UnitKind.EXECUTE, hold_complete=hold, buffer=guarded))
         self._send(raw)
         if live and stmt is not None and _is_begin(stmt):
             self._internal_ext_nowait("SELECT")  # snapshot at BEGIN
-        if not hold or stmt is None:
+        if (not hold and not guarded) or stmt is None:
             if stmt is not None and stmt.transaction_kind is not None:
                 await self._track_ext_transaction(stmt, unit)
             return
         await self._wait(unit, flush=True)
+        if bound is not None and not unit.skipped:
+            if unit.error is not None:
+                await self._recover_ext(stmt, unit, bound)
+                return
+            self._internal_ext_nowait(f"RELEASE SAVEPOINT {_GUARD}")
+            if unit.buffered:
+                self._send_synthetic(b"".join(unit.buffered))
+        if not hold:
+            return
         if unit.skipped or unit.error is not None:
             return
         tag = unit.tag or ""
@@ -825,6 +921,37 @@ class Session:
         self._send_synthetic(_complete(tag))
         if stmt.transaction_kind is not None:
             await self._track_ext_transaction(stmt, unit)
+
+    async def _recover_ext(self, stmt: Statement, unit: _Unit, bound: BoundStatement) -> None:
+        """A guarded Execute failed: PostgreSQL now skips to Sync; sync, undo, ask on_error."""
+        assert unit.error is not None
+        if self.pending:  # more was pipelined after it and is lost: keep the error
+            self._send_synthetic(b"".join(unit.buffered))
+            return
+        sync = self._expect(_Unit(UnitKind.SYNC, relay=False))
+        self._send(protocol.SYNC)
+        await self._wait(sync)
+        await self._internal_simple(f"ROLLBACK TO SAVEPOINT {_GUARD}; RELEASE SAVEPOINT {_GUARD}")
+        outcome = await self._on_error_hooks(stmt, unit.error, bound)
+        if isinstance(outcome, Synthetic):
+            self._send_synthetic(_complete(outcome.tag))
+            return
+        if isinstance(outcome, Forward):
+            self._expect(_Unit(UnitKind.PARSE, relay=False))
+            self._expect(_Unit(UnitKind.BIND, relay=False))
+            again = self._expect(_Unit(UnitKind.EXECUTE))
+            self._expect(_Unit(UnitKind.CLOSE, relay=False))
+            self._expect(_Unit(UnitKind.CLOSE, relay=False))
+            self._send(
+                protocol.encode_parse(_INTERNAL, outcome.sql, bound.param_types)
+                + _bind(_INTERNAL, bound.bind)
+                + protocol.encode_execute(_INTERNAL)
+                + protocol.encode_close("P", _INTERNAL)
+                + protocol.encode_close("S", _INTERNAL)
+            )
+            await self._wait(again, flush=True)
+            return
+        self._refuse_ext(outcome if isinstance(outcome, DsqlError) else unit.error)
 
     async def _track_ext_transaction(self, stmt: Statement, unit: _Unit) -> None:
         """Follow BEGIN/COMMIT/ROLLBACK sent through the extended protocol."""
@@ -916,11 +1043,73 @@ class Session:
 
     # --- internal SQL for hooks ------------------------------------------------------------------
 
-    async def _internal(self, sql: str, params: Sequence[object] = ()) -> list[QueryResult]:
-        """`StatementContext.execute`: run SQL on this session's backend, results as text."""
+    async def _resync(self, *, synced: bool = False) -> None:
+        """After an internal statement failed: end PostgreSQL's skip-to-Sync, close it."""
+        out = b""
+        if not synced:
+            self._expect(_Unit(UnitKind.SYNC, relay=False))
+            out += protocol.SYNC
+        self._expect(_Unit(UnitKind.CLOSE, relay=False))
+        self._expect(_Unit(UnitKind.CLOSE, relay=False))
+        unit = self._expect(_Unit(UnitKind.SYNC, relay=False))
+        self._send(  # the failed statement's Close was skipped too: close it now
+            out
+            + protocol.encode_close("P", _INTERNAL)
+            + protocol.encode_close("S", _INTERNAL)
+            + protocol.SYNC
+        )
+        await self._wait(unit)
+
+    async def _internal_bound(
+        self, bound: BoundStatement, sql: str | None = None
+    ) -> list[QueryResult]:
+        """`StatementContext.execute_bound`: a statement with a client's own parameters."""
+        if bound.bind is None:
+            return await self._internal(sql or bound.sql)
         if self.ext_failed or self.status == b"E":
             raise errors.in_failed_transaction()
+        units = [
+            self._expect(_Unit(UnitKind.PARSE, relay=False)),
+            self._expect(_Unit(UnitKind.BIND, relay=False)),
+            self._expect(_Unit(UnitKind.DESCRIBE, relay=False, collect=True)),
+            self._expect(_Unit(UnitKind.EXECUTE, relay=False, collect=True)),
+            self._expect(_Unit(UnitKind.CLOSE, relay=False)),
+            self._expect(_Unit(UnitKind.CLOSE, relay=False)),
+        ]
+        self._send(
+            protocol.encode_parse(_INTERNAL, sql or bound.sql, bound.param_types)
+            + _bind(_INTERNAL, bound.bind, text_results=True)
+            + protocol.encode_describe("P", _INTERNAL)
+            + protocol.encode_execute(_INTERNAL)
+            + protocol.encode_close("P", _INTERNAL)
+            + protocol.encode_close("S", _INTERNAL)
+        )
+        sync = None
+        if not self.ext_batch:
+            sync = self._expect(_Unit(UnitKind.SYNC, relay=False))
+            self._send(protocol.SYNC)
+        await self._wait(sync or units[-1], flush=sync is None)
+        for unit in units:
+            if unit.error is not None:
+                await self._resync(synced=sync is not None)
+                raise unit.error
+        if any(u.skipped for u in units):
+            raise errors.in_failed_transaction()
+        describe, execute = units[2], units[3]
+        rows = execute.results[-1].rows if execute.results else tuple(execute.rows)
+        return [QueryResult(describe.columns, rows, execute.tag or "")]
+
+    async def _internal(self, sql: str, params: Sequence[object] = ()) -> list[QueryResult]:
+        """`StatementContext.execute`: run SQL on this session's backend, results as text."""
         texts = [sql] if params else [s.pg_text for s in split_statements(sql) if s.text]
+        recovering = self.ext_failed or self.status == b"E"
+        if recovering:
+            # Only a rollback (to a hook's savepoint) may run in a failed transaction; it is
+            # followed by a Sync, so that the transaction status is known again at once.
+            if not texts or not all(_is_rollback(t) for t in texts):
+                raise errors.in_failed_transaction()
+            if self.ext_failed:
+                await self._resync()
         results: list[QueryResult] = []
         for text in texts:
             units = [
@@ -941,12 +1130,13 @@ class Session:
                 + protocol.encode_close("S", _INTERNAL)
             )
             sync = None
-            if not self.ext_batch:
+            if not self.ext_batch or recovering:
                 sync = self._expect(_Unit(UnitKind.SYNC, relay=False))
                 self._send(protocol.SYNC)
             await self._wait(sync or units[-1], flush=sync is None)
             for unit in units:
                 if unit.error is not None:
+                    await self._resync(synced=sync is not None)
                     raise unit.error
             if any(u.skipped for u in units):
                 raise errors.in_failed_transaction()
@@ -960,9 +1150,39 @@ class Session:
 # --- helpers ---------------------------------------------------------------------------------
 
 
+def _bind(name: str, tail: bytes | None, *, text_results: bool = False) -> bytes:
+    """A Bind of statement ``name`` to portal ``name`` with a client's parameters (``tail``)."""
+    if tail is None:
+        return protocol.encode_bind(name, name)
+    if text_results:
+        tail = _text_result_formats(tail)
+    return protocol.frame(b"B", name.encode() + b"\0" + name.encode() + b"\0" + tail)
+
+
+def _text_result_formats(tail: bytes) -> bytes:
+    """The same parameters, with results asked for in text format (for internal decoding)."""
+    pos = 0
+    nfmt = int.from_bytes(tail[pos : pos + 2], "big")
+    pos += 2 + 2 * nfmt
+    nparams = int.from_bytes(tail[pos : pos + 2], "big")
+    pos += 2
+    for _ in range(nparams):
+        size = int.from_bytes(tail[pos : pos + 4], "big", signed=True)
+        pos += 4 + max(size, 0)
+    return tail[:pos] + b"\0\0"
+
+
 _BEGIN_KINDS = frozenset({"TRANS_STMT_BEGIN", "TRANS_STMT_START"})
 _COMMIT_KINDS = frozenset({"TRANS_STMT_COMMIT"})
 _END_KINDS = frozenset({"TRANS_STMT_COMMIT", "TRANS_STMT_ROLLBACK"})
+
+
+def _is_rollback(sql: str) -> bool:
+    stmts = split_statements(sql)
+    return len(stmts) == 1 and stmts[0].transaction_kind in (
+        "TRANS_STMT_ROLLBACK",
+        "TRANS_STMT_ROLLBACK_TO",
+    )
 
 
 def _is_begin(stmt: Statement) -> bool:
