@@ -266,3 +266,13 @@ def test_non_ascii_escapes_are_refused_not_crashed(verifier: TokenVerifier) -> N
     token = boto_token(ACCOUNT.admin)
     refusal(verifier, token.replace("X-Amz-Signature=", "X-Amz-Signature=%a5"))
     refusal(verifier, token.replace("X-Amz-Credential=AKIA", "X-Amz-Credential=%e9KIA"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(min_size=1, max_size=20), st.integers(min_value=0, max_value=10_000))
+def test_arbitrary_insertions_are_refused(text: str, position: int) -> None:
+    token = TOKEN_FOR_MUTATION
+    i = position % len(token)
+    verifier = TokenVerifier(ACCOUNT, region=REGION)
+    with pytest.raises(DsqlError):
+        verifier.verify(token[:i] + text + token[i:], "admin", server_names=NAMES)

@@ -348,7 +348,10 @@ class TokenVerifier:
         if identity is not None:
             if (identity.session_token or None) != (p.get("X-Amz-Security-Token") or None):
                 raise errors.access_denied(HINT_INVALID_KEY)
-            expected = _signature(parsed, identity, region, p["X-Amz-Date"])
+            try:
+                expected = _signature(parsed, identity, region, p["X-Amz-Date"])
+            except (ValueError, UnicodeError):  # e.g. an unparsable host: not a signed URL
+                raise errors.access_denied(HINT_MALFORMED) from None
             given = p["X-Amz-Signature"].lower().encode()
             if not hmac.compare_digest(expected.encode(), given):
                 raise errors.access_denied(HINT_BAD_SIGNATURE)
