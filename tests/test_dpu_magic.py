@@ -63,7 +63,8 @@ def test_cells_record_exact_meter_figures(emu_table: str, magic: Any, dsql: Dsql
     insert, select, update = (e.figures for e in rows)
     assert insert.write > 0 and update.write > 0 and select.write == 0
     assert select.compute > 0 and select.read > 0
-    assert sum(Decimal(str(e.figures.sum)) for e in rows) == pytest.approx(end - start, abs=1e-4)
+    total = sum(Decimal(str(e.figures.sum)) for e in rows)
+    assert total == pytest.approx(end - start, abs=Decimal("0.00002"))
     frame = magic(line="dpu --no-refresh")
     assert isinstance(frame, LedgerFrame)
     assert {"compute", "read", "write", "total"} <= set(frame.columns)
