@@ -308,3 +308,47 @@ def test_api_reports_startup_failure(tmp_path: Path) -> None:
 def test_api_info_hides_the_secret(emulator: Emulator) -> None:
     assert emulator.info.aws_secret_access_key not in repr(emulator.info)
     assert emulator.info.aws_secret_access_key not in repr(emulator)
+
+
+def test_limits_options_reach_the_front(tmp_path: Path) -> None:
+    served = Served(
+        "--ephemeral",
+        "--max-connection-age",
+        "1.5",
+        "--connection-rate",
+        "0.01",
+        "--connection-burst",
+        "1",
+    )
+    try:
+        with served.connect() as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+            time.sleep(2.5)
+            with pytest.raises(psycopg.OperationalError):
+                conn.execute("SELECT 1")  # closed after its maximum age
+        with pytest.raises(psycopg.OperationalError, match="rate exceeded"):
+            served.connect()  # the burst of 1 is used up; refill is 1 per 100 s
+    finally:
+        served.stop()
+
+
+def test_permissive_auth_accepts_unknown_keys(tmp_path: Path) -> None:
+    from dsql_magic.emulator.iam import Identity, mint_token, new_access_key_id
+
+    served = Served("--ephemeral", "--auth", "permissive")
+    try:
+        stranger = Identity(new_access_key_id(), "not-the-emulators-secret-0000000000000000", "x")
+        token = mint_token(stranger, hostname=served.info.endpoint, region=served.info.region)
+        with psycopg.connect(
+            host=served.info.endpoint,
+            hostaddr="127.0.0.1",
+            port=served.info.port,
+            user="admin",
+            dbname="postgres",
+            password=token,
+            sslmode="verify-full",
+            sslrootcert=str(served.info.ca_cert),
+        ) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        served.stop()
