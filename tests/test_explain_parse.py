@@ -477,3 +477,27 @@ def test_emulator_text_and_json_agree(emulator_plans: dict[str, Any], name: str)
             sum(text.dpu[k] or 0 for k in ("compute", "read", "write")), abs=2e-5
         )
         assert text.query_identifier == as_json.query_identifier
+
+
+def test_psql_formatted_paste() -> None:
+    pasted = """\
+                          QUERY PLAN
+---------------------------------------------------------------
+ Hash Join  (cost=1.09..2.21 rows=5 width=8)
+   Hash Cond: (a.id = b.id)
+   ->  Seq Scan on a  (cost=0.00..1.05 rows=5 width=4)
+   ->  Hash  (cost=1.04..1.04 rows=4 width=4)
+         ->  Seq Scan on b  (cost=0.00..1.04 rows=4 width=4)
+               Filter: (x > 1)
+ Planning Time: 0.101 ms
+(7 rows)
+"""
+    plan = parse_plan(pasted)
+    assert [(n.title, [c.id for c in n.children]) for n in plan.nodes()] == [
+        ("Hash Join", [1, 2]),
+        ("Seq Scan on a", []),
+        ("Hash", [3]),
+        ("Seq Scan on b", []),
+    ]
+    assert plan.planning_ms == 0.101
+    assert plan.nodes()[3].conditions_of("processor") == ["(x > 1)"]
