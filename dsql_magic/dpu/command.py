@@ -124,7 +124,7 @@ class CellTracker:
         self._est_total: DpuFigures | None = None
         self._est_notes: set[str] = set()
         target = connection.target
-        self.local = is_local(target.host, target.hostaddr)
+        self.local = is_local(target.host, target.hostaddr) or target.label == "emulator"
         with contextlib.suppress(Exception):  # measuring must never fail the cell
             if estimate:  # writes first, rolled back, so the cell's own run is unaffected
                 self._estimate(writes=True)
