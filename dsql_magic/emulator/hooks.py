@@ -9,6 +9,16 @@ the session calls the ones it has, in the cluster's hook order, and skips the ot
     async def after_end(self, ctx: StatementContext, committed: bool) -> None
     async def on_connect(self, ctx: StatementContext) -> None
     async def on_disconnect(self, ctx: StatementContext) -> None
+    def guard(self, stmt: Statement) -> bool
+    async def on_error(self, stmt: Statement, error: DsqlError, ctx: StatementContext)
+        -> Reply | DsqlError | None
+
+A statement some hook *guards* runs (inside a transaction) behind an internal savepoint, with its
+response held back: if PostgreSQL fails it, the session rolls back to the savepoint and asks
+``on_error``; a `Reply` then answers the statement instead of the error (`Forward`: run that SQL
+with the statement's own parameters; `Synthetic`: a made-up answer) and the transaction goes on;
+a `DsqlError` replaces the error; None keeps it. OCC uses this to turn a lock wait into a
+conflict decided at COMMIT (``ctx.current`` lets it replay the statement later).
 
 Refusals are raised as `DsqlError`. This module holds only the types hooks and the session share:
 no I/O, no rules, no import of the session or server.
@@ -23,7 +33,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from .cluster import Cluster
 
-HOOK_METHODS = ("before", "after", "before_commit", "after_end", "on_connect", "on_disconnect")
+HOOK_METHODS = (
+    "before",
+    "after",
+    "before_commit",
+    "after_end",
+    "on_connect",
+    "on_disconnect",
+    "guard",
+    "on_error",
+)
 
 TEXT_OID = 25  # PostgreSQL's `text` type: the default column type of a Synthetic reply
 
@@ -102,6 +121,22 @@ Reply = Forward | Synthetic
 Executor = Callable[[str, Sequence[object]], Awaitable[list[QueryResult]]]
 
 
+@dataclass(frozen=True)
+class BoundStatement:
+    """A guarded statement as PostgreSQL ran it: SQL and, in the extended protocol, its binding.
+
+    ``bind`` is the client's Bind message after the portal and statement names (parameter
+    formats, values, result formats), so the statement can be run again exactly (`execute_bound`).
+    """
+
+    sql: str
+    param_types: tuple[int, ...] = ()
+    bind: bytes | None = None
+
+
+BoundExecutor = Callable[[BoundStatement, "str | None"], Awaitable[list[QueryResult]]]
+
+
 @dataclass(eq=False)
 class StatementContext:
     """What a hook may know and do about the session running the statement.
@@ -117,6 +152,8 @@ class StatementContext:
     in_transaction: bool = False
     txn: dict[str, Any] = field(default_factory=dict)
     session: dict[str, Any] = field(default_factory=dict)
+    current: BoundStatement | None = None  # the guarded statement being run (for on_error)
+    bound_executor: BoundExecutor | None = field(default=None, repr=False)
 
     async def execute(self, sql: str, params: Sequence[object] = ()) -> list[QueryResult]:
         """Run internal SQL on this session's backend, inside its current transaction.
@@ -125,6 +162,19 @@ class StatementContext:
         A PostgreSQL error is raised as `DsqlError` with PostgreSQL's SQLSTATE and message.
         """
         return await self.executor(sql, params)
+
+    async def execute_bound(
+        self, bound: BoundStatement, sql: str | None = None
+    ) -> list[QueryResult]:
+        """Run ``bound`` again (or ``sql`` with its parameters) inside the current transaction.
+
+        Results come back in text form, whatever formats the client asked for.
+        """
+        if self.bound_executor is None:
+            if bound.bind is not None:
+                raise RuntimeError("this session cannot run bound statements")
+            return await self.executor(sql or bound.sql, ())
+        return await self.bound_executor(bound, sql)
 
 
 def bound_methods(hooks: Sequence[object], name: str) -> tuple[Callable[..., Any], ...]:
