@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import limits
-from .config import AuthMode, ConfigError, EmulatorConfig
+from .config import AuthMode, ConfigError, ConflictInjection, EmulatorConfig
 
 log = logging.getLogger("dsql_magic.emulator")
 
@@ -275,6 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODULE",
         help="leave out a rule module (policy, transactions, occ, ...) to compare with PostgreSQL",
     )
+    serve.add_argument(
+        "--inject-conflicts",
+        metavar="SPEC",
+        help='force OC000 at COMMIT for testing retries, e.g. "rate=0.2,table=accounts,seed=7"',
+    )
     serve.add_argument("--log-level", default="INFO", help="stderr log level (INFO)")
     serve.add_argument("--exit-on-stdin-eof", action="store_true", help=argparse.SUPPRESS)
 
@@ -303,7 +308,21 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         idle_timeout=args.idle_timeout,
         backend_max_connections=args.backend_max_connections,
         disabled_hooks=frozenset(args.disable_hook),
+        conflicts=_conflicts(getattr(args, "inject_conflicts", None)),
     )
+
+
+def _conflicts(spec: str | None) -> ConflictInjection:
+    """``--inject-conflicts`` (see `injection.parse_spec`) as the config's settings."""
+    if not spec:
+        return ConflictInjection()
+    from .injection import InjectionSpecError, parse_spec
+
+    try:
+        parsed = parse_spec(spec)
+    except InjectionSpecError as exc:
+        raise ConfigError(f"--inject-conflicts: {exc}") from None
+    return ConflictInjection(tuple(sorted(parsed.tables)), parsed.rate, parsed.seed)
 
 
 def _token(args: argparse.Namespace) -> None:
