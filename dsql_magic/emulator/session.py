@@ -409,7 +409,17 @@ class Session:
                 head.columns = protocol.parse_row_description(fb.body(start, end))
         elif t == b"G":
             self.copy_in.set()
-        if ends or t == b"Z":
+        if t == b"Z":
+            while head.kind not in (UnitKind.QUERY, UnitKind.SYNC) and len(self.pending) > 1:
+                head.skipped = True  # never answered: PostgreSQL skipped it after an error
+                self._end(head)
+                head = self.pending[0]
+            head.status = self.status
+            if head.hold_ready or not head.relay:
+                verbatim = False
+            self._end(head)
+            self._flush_synthetic(out)
+        elif ends:
             self._end(head)
             self._flush_synthetic(out)
         return verbatim
@@ -1010,36 +1020,38 @@ class Session:
 
     async def _on_sync(self, raw: bytes) -> None:
         self.discard = False
-        if self.ext_implicit:
-            self.ext_implicit = False
-            await self._wait_idle_ext()
-            if self.status == b"E" or self.ext_failed:
-                self._internal_ext_nowait("ROLLBACK")
-                await self._end_sync(raw)
-                await self._end_transaction(committed=False)
-                return
+        if not self.ext_implicit:
+            self._expect(_Unit(UnitKind.SYNC))
+            self._send(raw)
+            self.ext_batch = False
+            self.portals.pop("", None)
+            return
+        # End the internal transaction opened around autocommit writes (for before_commit).
+        self.ext_implicit = False
+        await self._wait_idle_ext()
+        refusal: DsqlError | None = None
+        commit: _Unit | None = None
+        committed = False
+        if self.status != b"E" and not self.ext_failed:
             try:
                 await self._run_before_commit()
             except DsqlError as err:
-                self._internal_ext_nowait("ROLLBACK")
-                self._send_synthetic(protocol.encode_error(err))
-                await self._end_sync(raw)
-                await self._end_transaction(committed=False)
-                return
-            unit = self._internal_ext_nowait("COMMIT", errors_only=True)
-            await self._end_sync(raw)
-            await self._end_transaction(committed=unit.error is None and not unit.skipped)
-            return
-        self._expect(_Unit(UnitKind.SYNC))
+                refusal = err
+            if refusal is None:
+                commit = self._internal_ext_nowait("COMMIT", errors_only=True)
+        sync = self._expect(_Unit(UnitKind.SYNC, relay=False))
         self._send(raw)
         self.ext_batch = False
         self.portals.pop("", None)
-
-    async def _end_sync(self, raw: bytes) -> None:
-        unit = self._expect(_Unit(UnitKind.SYNC))
-        self._send(raw)
-        self.ext_batch = False
-        await self._wait(unit)
+        await self._wait(sync)
+        if commit is not None and self.status == b"I" and not self.ext_failed:
+            committed = commit.error is None and not commit.skipped
+        if self.status != b"I":
+            await self._internal_simple("ROLLBACK")
+        if refusal is not None:
+            self._send_synthetic(protocol.encode_error(refusal))
+        self._send_synthetic(protocol.encode_ready(self.status))
+        await self._end_transaction(committed=committed)
 
     # --- internal SQL for hooks ------------------------------------------------------------------
 

@@ -1,0 +1,229 @@
+"""Statement hooks through the real wire front: refuse, forward, synthesize, after, before_commit.
+
+The hooks here are small test hooks (the real DSQL rules are other modules' hooks); what is under
+test is how the session applies them with real psycopg in the simple and extended protocols,
+inside and outside transaction blocks, and in pipeline mode, against a real PostgreSQL 16.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import errors as pge
+
+from dsql_magic.emulator.errors import DsqlError
+from dsql_magic.emulator.hooks import CommandResult, Forward, StatementContext, Synthetic
+from dsql_magic.emulator.statements import Statement
+from tests.fix_wire import WireServer
+
+Start = Callable[..., WireServer]
+
+
+class Refuse:
+    """Refuses TRUNCATE the way DSQL does."""
+
+    async def before(self, stmt: Statement, ctx: StatementContext) -> None:
+        if stmt.command == "TRUNCATE":
+            raise DsqlError("0A000", "unsupported statement: Truncate")
+
+
+class Rewrite:
+    """Forward and Synthetic replies, one of them built from internal SQL."""
+
+    async def before(self, stmt: Statement, ctx: StatementContext) -> Any:
+        if "'forward-me'" in stmt.text:
+            return Forward("SELECT 'forwarded'")
+        if stmt.text == "SHOW dsql_test_answer":
+            return Synthetic(["answer"], [["42"]], "SHOW")
+        if stmt.text.startswith("SELECT hook_count"):
+            res = await ctx.execute("SELECT count(*) FROM hook_rows WHERE id >= $1", [0])
+            return Synthetic(["n", "user"], [[res[0].rows[0][0], ctx.user]], "SELECT 1")
+        return None
+
+
+class Limits:
+    """`after`: at most 2 rows per INSERT into hook_limited; `before_commit`: nothing into
+    hook_nocommit may commit."""
+
+    async def after(self, stmt: Statement, result: CommandResult, ctx: StatementContext) -> None:
+        if "hook_limited" in stmt.text and (result.rows_affected or 0) > 2:
+            raise DsqlError("54000", "transaction row limit exceeded")
+        if "hook_nocommit" in stmt.text and result.command == "INSERT":
+            ctx.txn["nocommit"] = True
+
+    async def before_commit(self, ctx: StatementContext) -> None:
+        if ctx.txn.get("nocommit"):
+            raise DsqlError("40001", "change conflicts with another transaction (OC000)")
+
+
+class Events:
+    def __init__(self) -> None:
+        self.log: list[tuple[str, Any]] = []
+
+    async def on_connect(self, ctx: StatementContext) -> None:
+        self.log.append(("connect", ctx.user))
+
+    async def after_end(self, ctx: StatementContext, committed: bool) -> None:
+        self.log.append(("end", committed))
+
+    async def on_disconnect(self, ctx: StatementContext) -> None:
+        self.log.append(("disconnect", ctx.session_id))
+
+
+@pytest.fixture
+def hooked(wire_server: Start) -> tuple[WireServer, Events]:
+    events = Events()
+    server = wire_server(hooks=[Refuse(), Rewrite(), Limits(), events])
+    with psycopg.connect(**server.conninfo(), autocommit=True) as conn:
+        for table in ("hook_rows", "hook_limited", "hook_nocommit"):
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (id int PRIMARY KEY)")
+            conn.execute(f"DELETE FROM {table}")
+    return server, events
+
+
+def _simple(conn: psycopg.Connection[Any], sql: str) -> psycopg.pq.abc.PGresult:
+    """Run ``sql`` with the simple query protocol, whatever psycopg would choose."""
+    return conn.pgconn.exec_(sql.encode())
+
+
+def test_refusal_outside_a_block_leaves_the_session_usable(hooked: Any) -> None:
+    server, _ = hooked
+    with psycopg.connect(**server.conninfo(), autocommit=True) as conn:
+        for params in (None, [1]):  # simple, then extended protocol
+            sql = "TRUNCATE hook_rows" if params is None else "TRUNCATE hook_rows -- %s"
+            with pytest.raises(pge.FeatureNotSupported) as info:
+                conn.execute(sql.replace("%s", "x") if params is None else sql, params)
+            assert info.value.diag.message_primary == "unsupported statement: Truncate"
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_refusal_in_a_block_aborts_it_and_commit_answers_rollback(hooked: Any) -> None:
+    server, events = hooked
+    with psycopg.connect(**server.conninfo(), autocommit=True) as conn:
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO hook_rows VALUES (%s)", [1])
+        with pytest.raises(pge.FeatureNotSupported):
+            conn.execute("TRUNCATE hook_rows")
+        with pytest.raises(pge.InFailedSqlTransaction):
+            conn.execute("SELECT %s::int", [1])
+        with pytest.raises(pge.InFailedSqlTransaction):
+            conn.execute("SELECT 1")
+        cur = conn.execute("COMMIT")
+        assert cur.statusmessage == "ROLLBACK"
+        assert conn.execute("SELECT count(*) FROM hook_rows").fetchone() == (0,)
+        # the simple protocol the same way
+        _simple(conn, "BEGIN")
+        _simple(conn, "INSERT INTO hook_rows VALUES (2)")
+        res = _simple(conn, "TRUNCATE hook_rows")
+        assert res.error_field(psycopg.pq.DiagnosticField.SQLSTATE) == b"0A000"
+        res = _simple(conn, "SELECT 1")
+        assert res.error_field(psycopg.pq.DiagnosticField.SQLSTATE) == b"25P02"
+        assert _simple(conn, "COMMIT").command_status == b"ROLLBACK"
+        assert conn.execute("SELECT count(*) FROM hook_rows").fetchone() == (0,)
+    assert ("end", False) in events.log
+
+
+def test_forward_and_synthetic_in_both_protocols(hooked: Any) -> None:
+    server, _ = hooked
+    with psycopg.connect(**server.conninfo(), autocommit=True) as conn:
+        assert conn.execute("SELECT 'forward-me'").fetchone() == ("forwarded",)
+        assert conn.execute("SELECT 'forward-me', %s", [1]).fetchone() == ("forwarded",)
+        cur = conn.execute("SHOW dsql_test_answer")
+        assert cur.fetchall() == [("42",)]
+        assert cur.description is not None and cur.description[0].name == "answer"
+        for prepare in (False, True, True):
+            cur = conn.execute("SHOW dsql_test_answer", prepare=prepare)
+            assert cur.fetchall() == [("42",)]
+            assert cur.statusmessage == "SHOW"
+        conn.execute("INSERT INTO hook_rows VALUES (1), (2), (3)")
+        assert conn.execute("SELECT hook_count").fetchone() == ("3", "admin")
+        assert conn.execute("SELECT hook_count, %s", [1]).fetchone() == ("3", "admin")
+
+
+def test_after_hook_failure_undoes_an_autocommit_statement(hooked: Any) -> None:
+    server, _ = hooked
+    with psycopg.connect(**server.conninfo(), autocommit=True) as conn:
+        with pytest.raises(pge.ProgramLimitExceeded):
+            conn.execute("INSERT INTO hook_limited VALUES (1), (2), (3)")
+        with pytest.raises(pge.ProgramLimitExceeded):
+            conn.execute("INSERT INTO hook_limited VALUES (%s), (%s), (%s)", [1, 2, 3])
+        assert conn.execute("SELECT count(*) FROM hook_limited").fetchone() == (0,)
+        conn.execute("INSERT INTO hook_limited VALUES (%s), (%s)", [1, 2])
+        assert conn.execute("SELECT count(*) FROM hook_limited").fetchone() == (2,)
+
+
+def test_after_hook_failure_in_a_block_aborts_it(hooked: Any) -> None:
+    server, _ = hooked
+    with psycopg.connect(**server.conninfo()) as conn:
+        conn.execute("INSERT INTO hook_rows VALUES (10)")
+        with pytest.raises(pge.ProgramLimitExceeded):
+            conn.execute("INSERT INTO hook_limited VALUES (%s), (%s), (%s)", [4, 5, 6])
+        with pytest.raises(pge.InFailedSqlTransaction):
+            conn.execute("SELECT 1")
+        conn.rollback()
+        assert conn.execute("SELECT count(*) FROM hook_rows WHERE id = 10").fetchone() == (0,)
+
+
+def test_before_commit_refusal_rolls_back(hooked: Any) -> None:
+    server, events = hooked
+    with psycopg.connect(**server.conninfo(), autocommit=True) as conn:
+        with pytest.raises(pge.SerializationFailure) as info:
+            conn.execute("INSERT INTO hook_nocommit VALUES (%s)", [1])
+        assert "(OC000)" in str(info.value)
+        with pytest.raises(pge.SerializationFailure):
+            _raise(_simple(conn, "INSERT INTO hook_nocommit VALUES (2)"))
+        assert conn.execute("SELECT count(*) FROM hook_nocommit").fetchone() == (0,)
+    with psycopg.connect(**server.conninfo()) as conn:
+        conn.execute("INSERT INTO hook_rows VALUES (20)")
+        conn.execute("INSERT INTO hook_nocommit VALUES (%s)", [3])
+        with pytest.raises(pge.SerializationFailure):
+            conn.commit()
+        assert conn.execute("SELECT count(*) FROM hook_rows WHERE id = 20").fetchone() == (0,)
+        conn.rollback()
+        conn.execute("INSERT INTO hook_rows VALUES (21)")
+        conn.commit()
+        assert conn.execute("SELECT count(*) FROM hook_rows WHERE id = 21").fetchone() == (1,)
+    assert events.log[0] == ("connect", "admin")
+    assert ("end", True) in events.log and ("end", False) in events.log
+
+
+def _raise(res: psycopg.pq.abc.PGresult) -> None:
+    if res.status == psycopg.pq.ExecStatus.FATAL_ERROR:
+        raise pge.lookup(res.error_field(psycopg.pq.DiagnosticField.SQLSTATE).decode())(
+            res.error_message.decode()
+        )
+
+
+def test_pipeline_with_hooks(hooked: Any) -> None:
+    server, _ = hooked
+    with psycopg.connect(**server.conninfo(), autocommit=True) as conn:
+        with conn.pipeline():
+            a = conn.execute("INSERT INTO hook_rows VALUES (%s)", [30])
+            b = conn.execute("SHOW dsql_test_answer")
+            c = conn.execute("SELECT 'forward-me', %s", [1])
+            d = conn.execute("SELECT count(*) FROM hook_rows WHERE id = %s", [30])
+        assert a.statusmessage == "INSERT 0 1"
+        assert b.fetchall() == [("42",)]
+        assert c.fetchone() == ("forwarded",)
+        assert d.fetchone() == (1,)
+        with pytest.raises(pge.FeatureNotSupported), conn.pipeline():
+            conn.execute("SELECT %s::int", [1])
+            conn.execute("TRUNCATE hook_rows")
+            conn.execute("SELECT 2")
+        assert conn.execute("SELECT count(*) FROM hook_rows WHERE id = 30").fetchone() == (1,)
+
+
+def test_snapshot_is_taken_at_begin(hooked: Any) -> None:
+    server, _ = hooked
+    with (
+        psycopg.connect(**server.conninfo(), autocommit=True) as a,
+        psycopg.connect(**server.conninfo(), autocommit=True) as b,
+    ):
+        a.execute("BEGIN")
+        b.execute("INSERT INTO hook_rows VALUES (40)")
+        assert a.execute("SELECT count(*) FROM hook_rows WHERE id = 40").fetchone() == (0,)
+        a.execute("COMMIT")
+        assert a.execute("SELECT count(*) FROM hook_rows WHERE id = 40").fetchone() == (1,)
