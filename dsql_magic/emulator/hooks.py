@@ -154,6 +154,9 @@ class StatementContext:
     session: dict[str, Any] = field(default_factory=dict)
     current: BoundStatement | None = None  # the guarded statement being run (for on_error)
     bound_executor: BoundExecutor | None = field(default=None, repr=False)
+    # True while the session waits for its client with nothing in flight: only then may
+    # another session's hook run SQL here (OCC rolling back a transaction that lost).
+    idle: Callable[[], bool] = field(default=lambda: False, repr=False)
 
     async def execute(self, sql: str, params: Sequence[object] = ()) -> list[QueryResult]:
         """Run internal SQL on this session's backend, inside its current transaction.

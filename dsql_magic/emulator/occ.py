@@ -394,9 +394,9 @@ class OccHook:
                     await inspector.execute("SELECT pg_cancel_backend(%s)", (me,))
                     return
                 for pid, _ in blockers:
-                    other = self._sessions[pid]
-                    other.txn[_LOST] = True
-                    await other.execute("ROLLBACK; BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT")
+                    if not await self._doom(ctx, pid, self._number(pid)):
+                        await inspector.execute("SELECT pg_cancel_backend(%s)", (me,))
+                        return
             await asyncio.wait({replay}, timeout=0.005)
 
     async def _doom(self, ctx: StatementContext, pid: int, number: int) -> bool:
@@ -416,6 +416,8 @@ class OccHook:
         row = await cur.fetchone()
         if row is None or row[0] != "idle in transaction":
             return False
+        if not other.idle() or int(other.session.get(_GEN, 0)) != number:
+            return False  # busy (or just ended): not safe to take its transaction now
         other.txn[_LOST] = True
         try:
             await other.execute("ROLLBACK; BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT")

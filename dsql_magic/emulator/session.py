@@ -159,6 +159,7 @@ class Session:
         self.h_guard = bound_methods(hooks, "guard")
         self.h_on_error = bound_methods(hooks, "on_error")
         self.bind_tails: dict[str, bytes] = {}  # portal -> its Bind after the two names
+        self.reading = False
         self.any_hooks = bool(
             self.h_before or self.h_after or self.h_before_commit or self.h_after_end
         )
@@ -289,6 +290,7 @@ class Session:
             cluster=self.cluster,
             executor=self._internal,
             bound_executor=self._internal_bound,
+            idle=self._idle,
             session={"iam_identity": identity},  # for the roles hook's mapped-login check
         )
 
@@ -541,7 +543,11 @@ class Session:
             batch: list[bytes] = []
             item = fb.next_frame()
             if item is None:
-                data = await self._read_client()
+                self.reading = True  # idle between client messages (see `_idle`)
+                try:
+                    data = await self._read_client()
+                finally:
+                    self.reading = False
                 if not data:
                     return
                 fb.feed(data)
@@ -690,6 +696,10 @@ class Session:
         elif txn_kind in _END_KINDS:
             await self._end_transaction(committed=tag == "COMMIT")
         return True
+
+    def _idle(self) -> bool:
+        """Waiting for the client, with nothing in flight: another task may use the backend."""
+        return self.reading and not self.pending and not self.ext_batch and not self.closing
 
     def _guarded(self, stmt: Statement) -> bool:
         return any(guard(stmt) for guard in self.h_guard)
