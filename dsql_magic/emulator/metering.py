@@ -25,7 +25,8 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable
+from array import array
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -54,7 +55,7 @@ TRANSACTION_MIN_WRITE_DPU = 0.05
 DECIMALS = 5
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Work:
     """What a statement did, in the model's terms (all counts summed over loops)."""
 
@@ -67,7 +68,7 @@ class Work:
     processed: bool = True  # False: never reached the query processor (no compute charged)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Dpu:
     """Compute, Read and Write DPUs; Total is their sum (as the manual defines it)."""
 
@@ -160,10 +161,11 @@ METRICS = (
     "ComputeTime",
 )
 MINUTE = 60
-_MAX_SAMPLES = 1000  # per metric and minute, for percentiles
+RETENTION_MINUTES = 6 * 60  # per-minute metrics kept six hours (memory stays bounded)
+_MAX_SAMPLES = 2000  # values kept per metric and minute (statistics exact up to this)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StatementFigures:
     """One metered statement: its DPUs (statement level, no minimums) and its work."""
 
@@ -194,19 +196,25 @@ class Totals:
         self.write += dpu.write
 
 
-@dataclass
 class _Stat:
-    total: float = 0.0
-    count: int = 0
-    minimum: float = math.inf
-    maximum: float = -math.inf
-    samples: list[float] = field(default_factory=list)
+    """One metric's figures in one minute (or period): enough for CloudWatch's statistics."""
+
+    __slots__ = ("count", "maximum", "minimum", "samples", "total")
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.count = 0
+        self.minimum = math.inf
+        self.maximum = -math.inf
+        self.samples: list[float] = []
 
     def add(self, value: float) -> None:
         self.total += value
         self.count += 1
-        self.minimum = min(self.minimum, value)
-        self.maximum = max(self.maximum, value)
+        if value < self.minimum:
+            self.minimum = value
+        if value > self.maximum:
+            self.maximum = value
         if len(self.samples) < _MAX_SAMPLES:
             self.samples.append(value)
 
@@ -239,6 +247,47 @@ class _Stat:
         raise ValueError(stat)
 
 
+class _Minute:
+    """One minute of metrics: per metric, the values of its first `_MAX_SAMPLES` transactions
+    (appending to an array is the cheapest record), then an aggregate for the rest."""
+
+    __slots__ = ("spill", "values")
+
+    def __init__(self) -> None:
+        self.values = [array("d") for _ in METRICS]
+        self.spill: list[_Stat | None] = [None] * len(METRICS)
+
+    def add_row(self, row: Sequence[float | None]) -> None:
+        for i, value in enumerate(row):
+            if value is None:
+                continue
+            values = self.values[i]
+            if len(values) < _MAX_SAMPLES:
+                values.append(value)
+            else:
+                spill = self.spill[i]
+                if spill is None:
+                    spill = self.spill[i] = _Stat()
+                spill.add(value)
+
+    def stat(self, index: int) -> _Stat:
+        out = _Stat()
+        values = self.values[index]
+        if values:
+            out.total = math.fsum(values)
+            out.count = len(values)
+            out.minimum = min(values)
+            out.maximum = max(values)
+            out.samples = list(values)
+        spill = self.spill[index]
+        if spill is not None:
+            out.merge(spill)
+        return out
+
+
+_INDEX = {name: i for i, name in enumerate(METRICS)}
+
+
 STATISTICS = ("Sum", "Average", "Minimum", "Maximum", "SampleCount")
 
 
@@ -254,7 +303,7 @@ def valid_statistic(stat: str) -> bool:
     return False
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     dpu: Dpu = field(default_factory=Dpu)
     work_bytes_read: int = 0
@@ -279,25 +328,34 @@ class Meter:
         self._pending: dict[int, _Pending] = {}
         self._last: dict[int, StatementFigures] = {}
         self._cluster = Totals()
-        self._minutes: dict[int, dict[str, _Stat]] = {}
+        self._minutes: dict[int, _Minute] = {}
+        self._current_start = -math.inf
+        self._current = _Minute()
 
     # recording
-    def record_statement(self, session_id: int, figures: StatementFigures) -> None:
-        """Add a statement to its session's open transaction."""
+    def record_statement(
+        self, session_id: int, figures: StatementFigures, *, ends_transaction: bool = False
+    ) -> None:
+        """Add a statement to its session's open transaction (and end it, if it was its own)."""
         if not self.enabled:
             return
         with self._lock:
-            pending = self._pending.setdefault(session_id, _Pending())
-            pending.dpu = pending.dpu + figures.dpu
-            pending.work_bytes_read += figures.work.bytes_read
-            pending.work_bytes_written += figures.work.bytes_written
-            pending.execution_ms += figures.work.execution_ms
-            pending.reads = pending.reads or figures.reads
-            pending.writes = pending.writes or figures.writes
-            pending.statements += 1
-            self._last[session_id] = figures
-            self._sessions.setdefault(session_id, Totals()).statements += 1
-            self._cluster.statements += 1
+            self._record(session_id, figures)
+            if ends_transaction:
+                self._end(session_id, committed=True, commit_latency_ms=None, occ_conflict=False)
+
+    def _record(self, session_id: int, figures: StatementFigures) -> None:
+        pending = self._pending.setdefault(session_id, _Pending())
+        pending.dpu = pending.dpu + figures.dpu
+        pending.work_bytes_read += figures.work.bytes_read
+        pending.work_bytes_written += figures.work.bytes_written
+        pending.execution_ms += figures.work.execution_ms
+        pending.reads = pending.reads or figures.reads
+        pending.writes = pending.writes or figures.writes
+        pending.statements += 1
+        self._last[session_id] = figures
+        self._sessions.setdefault(session_id, Totals()).statements += 1
+        self._cluster.statements += 1
 
     def end_transaction(
         self,
@@ -316,40 +374,55 @@ class Meter:
         if not self.enabled:
             return None
         with self._lock:
-            pending = self._pending.pop(session_id, None)
-            if pending is None or pending.statements == 0:
-                if occ_conflict:
-                    self._minute()["OccConflicts"].add(1.0)
-                return None
-            wrote = pending.writes and committed
-            dpu = pending.dpu if committed else Dpu(pending.dpu.compute, pending.dpu.read, 0.0)
-            dpu = with_transaction_minimums(dpu, read=pending.reads, wrote=wrote)
-            session = self._sessions.setdefault(session_id, Totals())
-            for totals in (session, self._cluster):
-                totals.add(dpu)
-                totals.transactions += 1
-            minute = self._minute()
-            minute["TotalDPU"].add(dpu.total)
-            minute["ReadDPU"].add(dpu.read)
-            minute["WriteDPU"].add(dpu.write)
-            minute["ComputeDPU"].add(dpu.compute)
-            minute["TotalTransactions"].add(1.0)
-            if not pending.writes:
-                minute["ReadOnlyTransactions"].add(1.0)
+            return self._end(session_id, committed, commit_latency_ms, occ_conflict)
+
+    def _end(
+        self,
+        session_id: int,
+        committed: bool,
+        commit_latency_ms: float | None,
+        occ_conflict: bool,
+    ) -> Dpu | None:
+        pending = self._pending.pop(session_id, None)
+        if pending is None or pending.statements == 0:
             if occ_conflict:
-                minute["OccConflicts"].add(1.0)
-            if commit_latency_ms is not None and committed:
-                minute["CommitLatency"].add(commit_latency_ms)
-            minute["BytesRead"].add(float(pending.work_bytes_read))
-            minute["BytesWritten"].add(float(pending.work_bytes_written if wrote else 0))
-            minute["ComputeTime"].add(pending.execution_ms)
-            return dpu
+                self._occ()
+            return None
+        wrote = pending.writes and committed
+        dpu = pending.dpu if committed else Dpu(pending.dpu.compute, pending.dpu.read, 0.0)
+        dpu = with_transaction_minimums(dpu, read=pending.reads, wrote=wrote)
+        session = self._sessions.setdefault(session_id, Totals())
+        for totals in (session, self._cluster):
+            totals.add(dpu)
+            totals.transactions += 1
+        # In METRICS order; None: this transaction adds no sample to that metric.
+        self._minute().add_row(
+            (
+                dpu.total,
+                dpu.read,
+                dpu.write,
+                dpu.compute,
+                1.0,
+                None if pending.writes else 1.0,
+                1.0 if occ_conflict else None,
+                commit_latency_ms if committed else None,
+                float(pending.work_bytes_read),
+                float(pending.work_bytes_written if wrote else 0),
+                pending.execution_ms,
+            )
+        )
+        return dpu
 
     def record_occ_conflict(self) -> None:
         """Count one transaction aborted by OCC (the OCC hook may call this; see the docs)."""
         if self.enabled:
             with self._lock:
-                self._minute()["OccConflicts"].add(1.0)
+                self._occ()
+
+    def _occ(self) -> None:
+        row: list[float | None] = [None] * len(METRICS)
+        row[_INDEX["OccConflicts"]] = 1.0
+        self._minute().add_row(row)
 
     def close_session(self, session_id: int) -> None:
         """Forget a disconnected session (its open transaction, if any, rolled back)."""
@@ -358,13 +431,24 @@ class Meter:
             self._sessions.pop(session_id, None)
             self._last.pop(session_id, None)
 
-    def _minute(self) -> dict[str, _Stat]:
-        start = int(self.clock() // MINUTE * MINUTE)
+    def _minute(self) -> _Minute:
+        now = self.clock()
+        if self._current_start <= now < self._current_start + MINUTE:
+            return self._current
+        start = int(now // MINUTE * MINUTE)
         bucket = self._minutes.get(start)
         if bucket is None:
-            bucket = {name: _Stat() for name in METRICS}
+            bucket = _Minute()
             self._minutes[start] = bucket
+            self._expire(start)
+        self._current_start, self._current = start, bucket
         return bucket
+
+    def _expire(self, now_start: int) -> None:
+        """Forget minutes older than `RETENTION_MINUTES` (memory stays bounded)."""
+        oldest = now_start - RETENTION_MINUTES * MINUTE
+        for start in [m for m in self._minutes if m < oldest]:
+            del self._minutes[start]
 
     # reading
     def session_totals(self, session_id: int) -> Totals:
@@ -396,10 +480,11 @@ class Meter:
         period = max(MINUTE, period // MINUTE * MINUTE)
         groups: dict[int, _Stat] = {}
         with self._lock:
+            index = _INDEX[metric]
             for minute, stats in self._minutes.items():
                 if not start <= minute < end:
                     continue
-                s = stats[metric]
+                s = stats.stat(index)
                 if s.count == 0:
                     continue
                 bucket = minute // period * period
@@ -433,7 +518,7 @@ def sys_function(stmt: Statement) -> str | None:
 
     Only a plain ``SELECT … FROM sys.<fn>()`` with no other FROM item is recognised.
     """
-    if stmt.node_name != "select_stmt":
+    if stmt.node_name != "select_stmt" or "_dpu" not in stmt.text:
         return None
     inner = stmt.inner
     if len(inner.from_clause) != 1 or inner.where_clause.WhichOneof("node"):
@@ -513,6 +598,12 @@ def _target_table(stmt: Statement) -> str | None:
     return name
 
 
+def _own_transaction(stmt: Statement, ctx: StatementContext) -> bool:
+    """Read-only statements outside a block run without a transaction of the session's: no
+    after_end follows, so they are their own transaction."""
+    return not ctx.in_transaction and stmt.kind.value not in {"dml", "ddl", "transaction"}
+
+
 class MeteringHook:
     """Meters every statement the session runs, and answers the ``sys`` DPU functions.
 
@@ -556,13 +647,11 @@ class MeteringHook:
         figures = StatementFigures(
             stmt.command, estimate(work), work, reads=work.storage_requests > 0, writes=writes
         )
-        self.meter(ctx).record_statement(ctx.session_id, figures)
-        self._maybe_end(stmt, ctx)
+        own = _own_transaction(stmt, ctx)
+        self.meter(ctx).record_statement(ctx.session_id, figures, ends_transaction=own)
 
     def _maybe_end(self, stmt: Statement, ctx: StatementContext) -> None:
-        # Read-only statements outside a block run without a transaction of the session's:
-        # no after_end follows, so they end their own transaction here.
-        if not ctx.in_transaction and stmt.kind.value not in {"dml", "ddl", "transaction"}:
+        if _own_transaction(stmt, ctx):
             self.meter(ctx).end_transaction(ctx.session_id, committed=True)
 
     async def _work(
