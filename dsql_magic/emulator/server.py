@@ -105,9 +105,12 @@ async def _connection(cluster: Cluster, sock: socket.socket, sessions: set[Sessi
     """One client connection from accept to close; never raises."""
     writer: asyncio.StreamWriter | None = None
     admitted = False
+    owned: list[bool] = []  # non-empty once a transport owns the socket (and closes it)
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        opened = await asyncio.wait_for(_negotiate(cluster, sock), cluster.settings.startup_timeout)
+        opened = await asyncio.wait_for(
+            _negotiate(cluster, sock, owned), cluster.settings.startup_timeout
+        )
         if opened is None:
             return
         reader, writer, startup = opened
@@ -148,7 +151,9 @@ async def _connection(cluster: Cluster, sock: socket.socket, sessions: set[Sessi
         if writer is not None:
             with contextlib.suppress(Exception):
                 writer.close()
-        else:
+        elif not owned:
+            # Only a socket no transport owns: closing a transport's socket here would free
+            # its fd number while the loop still maps it to that transport.
             sock.close()
 
 
@@ -159,7 +164,7 @@ async def _refuse(writer: asyncio.StreamWriter, err: DsqlError) -> None:
 
 
 async def _negotiate(
-    cluster: Cluster, sock: socket.socket
+    cluster: Cluster, sock: socket.socket, owned: list[bool]
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, protocol.StartupMessage] | None:
     """TLS and startup packets up to the StartupMessage; None when the connection is done."""
     loop = asyncio.get_running_loop()
@@ -172,6 +177,7 @@ async def _negotiate(
     if first[0] == protocol.TLS_HANDSHAKE_BYTE:
         if ctx is None:
             return None
+        owned.append(True)
         reader, writer = await _open(loop, sock, ctx)
         ssl_object = writer.get_extra_info("ssl_object")
         if ssl_object is None or ssl_object.selected_alpn_protocol() != ALPN:
@@ -181,6 +187,7 @@ async def _negotiate(
             return None
         tls = True
     else:
+        owned.append(True)
         reader, writer = await _open(loop, sock, None)
     returning = False
     try:
