@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from dsql_magic.emulator import cloudwatch, metering
+from dsql_magic.emulator.cluster import default_hooks
 from dsql_magic.emulator.explain import ExplainHook
 from dsql_magic.emulator.metering import MeteringHook, meter_of
 from tests.fix_wire import WireServer
@@ -124,3 +125,31 @@ def test_cluster_metrics_reach_boto3(server: WireServer, table: str) -> None:
     results = {r["Id"]: r for r in out["MetricDataResults"]}
     assert sum(results["totaltransactions"]["Values"]) >= 3
     assert sum(results["writedpu"]["Values"]) >= 3 * metering.TRANSACTION_MIN_WRITE_DPU - 1e-9
+
+
+def test_with_all_default_hooks_conflicts_and_commits_are_metered(
+    wire_server: Callable[..., WireServer],
+) -> None:
+    """The emulator's real hook list: an OCC loser's refused COMMIT counts in OccConflicts."""
+    server = wire_server(hooks=default_hooks())
+    name = f"occ_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(**server.conninfo(), autocommit=True) as a:
+        a.execute(f"CREATE TABLE {name} (id int PRIMARY KEY, v int)")
+        a.execute(f"INSERT INTO {name} VALUES (1, 0)")
+        plan = lines(a, f"EXPLAIN ANALYZE VERBOSE SELECT * FROM {name} WHERE id = 1")
+        assert plan[0].startswith(f"Index Only Scan using {name}_pkey on public.{name}")
+        assert "Statement DPU Estimate:" in plan
+        with psycopg.connect(**server.conninfo(), autocommit=True) as b:
+            a.execute("BEGIN")
+            b.execute("BEGIN")
+            a.execute(f"UPDATE {name} SET v = 1 WHERE id = 1")
+            b.execute(f"UPDATE {name} SET v = 2 WHERE id = 1")
+            a.execute("COMMIT")
+            with pytest.raises(psycopg.errors.SerializationFailure):
+                b.execute("COMMIT")
+    meter = meter_of(server.cluster)
+    now = time.time()
+    occ = meter.datapoints("OccConflicts", now - 600, now + 60, 60, "Sum")
+    assert sum(v for _, v in occ) == 1.0
+    latency = meter.datapoints("CommitLatency", now - 600, now + 60, 60, "SampleCount")
+    assert sum(v for _, v in latency) >= 3  # CREATE, INSERT, UPDATE committed

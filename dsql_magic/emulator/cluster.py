@@ -168,6 +168,7 @@ class Cluster:
 # Hook modules in the order of docs/internals.md, with the factory each is expected to export.
 # A module that does not exist yet is skipped, so the emulator runs as a plain TLS+IAM front.
 _HOOK_FACTORIES: tuple[tuple[str, str], ...] = (
+    ("dsql_magic.emulator.metering", "make_commit_probe"),  # first: times every COMMIT (issue 6)
     ("dsql_magic.emulator.policy", "make_hook"),  # dialect (issue 4)
     ("dsql_magic.emulator.txnrules", "make_hook"),  # transaction rules and limits (issue 4)
     ("dsql_magic.emulator.schema_version", "make_hook"),  # OC001 (issue 5)

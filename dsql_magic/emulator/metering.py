@@ -695,18 +695,38 @@ class MeteringHook:
         return facts
 
     async def before_commit(self, ctx: StatementContext) -> None:
-        ctx.txn["dpu_commit_started"] = time.perf_counter()
+        ctx.txn.setdefault(COMMIT_STARTED, time.perf_counter())  # if no probe ran before us
 
     async def after_end(self, ctx: StatementContext, committed: bool) -> None:
-        started = ctx.txn.get("dpu_commit_started")
+        started = ctx.txn.get(COMMIT_STARTED)
         latency = (time.perf_counter() - started) * 1000.0 if started is not None else None
-        occ = bool(ctx.txn.get("occ_conflict", False))
+        # A COMMIT that was attempted and did not commit was refused at commit time: with
+        # DSQL's rules that is an OCC conflict (OC000/OC001); see docs/dpu-model.md.
+        occ = bool(ctx.txn.get("occ_conflict")) or (not committed and started is not None)
         self.meter(ctx).end_transaction(
             ctx.session_id, committed=committed, commit_latency_ms=latency, occ_conflict=occ
         )
 
     async def on_disconnect(self, ctx: StatementContext) -> None:
         self.meter(ctx).close_session(ctx.session_id)
+
+
+COMMIT_STARTED = "dpu_commit_started"  # ctx.txn key: when COMMIT processing began
+
+
+class CommitProbe:
+    """Registered first of all hooks: notes when COMMIT processing starts, before any rule hook
+    can refuse it, so the meter sees commit latency and refused commits (OccConflicts)."""
+
+    async def before_commit(self, ctx: StatementContext) -> None:
+        ctx.txn[COMMIT_STARTED] = time.perf_counter()
+
+
+def make_commit_probe(config: Any = None) -> CommitProbe | None:
+    """The probe for `cluster.default_hooks` (None when the config turns metering off)."""
+    if config is not None and getattr(config, "metering", True) is False:
+        return None
+    return CommitProbe()
 
 
 def make_hook(config: Any = None) -> MeteringHook | None:
