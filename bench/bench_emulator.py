@@ -103,6 +103,35 @@ def psycopg_loop(kwargs: dict[str, Any], n: int) -> list[float]:
     return times
 
 
+def hook_modules() -> list[str]:
+    """The rule modules `cluster.default_hooks` knows, to switch them all off."""
+    from dsql_magic.emulator import cluster
+
+    return [name.rsplit(".", 1)[-1] for name, _ in cluster._HOOK_FACTORIES]
+
+
+def wire_only(duration: str) -> tuple[PgbenchResult, PgbenchResult]:
+    """pgbench -S and -N (1 client) through an emulator with every rule hook disabled."""
+    args = tuple(x for h in hook_modules() for x in ("--disable-hook", h))
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-emulator-wire-") as tmp,
+        Emulator(data_dir=Path(tmp) / "data", extra_args=args) as emu,
+    ):
+        init = subprocess.run(
+            [_pgbench(), "-i", "-s", "1", "-q"],
+            env=_direct_env(emu),
+            capture_output=True,
+            text=True,
+        )
+        if init.returncode != 0:
+            raise RuntimeError(f"pgbench -i failed: {init.stderr[-500:]}")
+        env = _emulator_env(emu)
+        return (
+            run_pgbench(env, ["-S", "-T", duration]),
+            run_pgbench(env, ["-N", "-T", duration]),
+        )
+
+
 def start_time(data_dir: Path | None) -> float:
     started = time.perf_counter()
     emu = Emulator(data_dir=data_dir).start()
@@ -147,6 +176,7 @@ def run(quick: bool = False) -> str:
         finally:
             emu.stop()
         warm = [start_time(data) for _ in range(1 if quick else 3)]
+    wire_s, wire_n = wire_only(duration)
     with tempfile.TemporaryDirectory(prefix="bench-emulator-cold-") as tmp:
         cold = [start_time(Path(tmp) / f"cold{i}") for i in range(1 if quick else 2)]
 
@@ -169,6 +199,21 @@ def run(quick: bool = False) -> str:
             f"| {label} | {d.tps:,.0f} | {e.tps:,.0f} | {ratio:.2f} | {d.latency_ms:.3f} "
             f"| {e.latency_ms:.3f} | {e.latency_ms - d.latency_ms:+.3f} | {e.failed} |"
         )
+    for label, w, (_, d, _) in (
+        ("select-only (-S), 1 client, no rule hooks", wire_s, rows[0]),
+        ("simple update (-N), 1 client, no rule hooks", wire_n, rows[2]),
+    ):
+        ratio = w.tps / d.tps if d.tps else 0.0
+        lines.append(
+            f"| {label} | {d.tps:,.0f} | {w.tps:,.0f} | {ratio:.2f} | {d.latency_ms:.3f} "
+            f"| {w.latency_ms:.3f} | {w.latency_ms - d.latency_ms:+.3f} | {w.failed} |"
+        )
+    lines.append("")
+    lines.append(
+        "Rows marked *no rule hooks* run a second emulator with every rule module disabled "
+        "(`--disable-hook`): TLS, token check and the wire relay alone, against the same "
+        "direct numbers; the difference to the full rows is the cost of DSQL's rules."
+    )
     lines.append("")
     dm, em = statistics.mean(loop_direct), statistics.mean(loop_emu)
 
