@@ -83,9 +83,9 @@ _MAX_OUTCOMES = 100_000
 BOOL_OID = 16
 
 # How long a replay at COMMIT may wait for a holder we are taking the row from.
-_REPLAY_TIMEOUT_MS = 5000
+_REPLAY_TIMEOUT_MS = 1000
 QUERY_CANCELED = "57014"
-_PROBE_MS = 2000
+_PROBE_MS = 100  # how long a probe waits for a lock while we look at who holds it
 _LOST_STATES = frozenset(
     {SERIALIZATION_FAILURE, LOCK_NOT_AVAILABLE, UNIQUE_VIOLATION, QUERY_CANCELED}
 )
@@ -391,11 +391,9 @@ class OccHook:
                     for pid, state in blockers
                 )
                 if not takeable:
-                    await inspector.execute("SELECT pg_cancel_backend(%s)", (me,))
-                    return
+                    return  # the replay's lock timeout will end it: we lose
                 for pid, _ in blockers:
                     if not await self._doom(ctx, pid, self._number(pid)):
-                        await inspector.execute("SELECT pg_cancel_backend(%s)", (me,))
                         return
             await asyncio.wait({replay}, timeout=0.005)
 
@@ -430,9 +428,9 @@ class OccHook:
     ) -> list[tuple[int, int]] | Reply | DsqlError:
         """Who holds the rows this statement waited for: run it again and watch it wait.
 
-        The statement runs behind a savepoint with a longer lock timeout while our own
-        superuser connection asks ``pg_blocking_pids``; once the holders are known, the wait is
-        cancelled and the statement undone. If nothing blocks it any more, it simply completes:
+        The statement runs behind a savepoint with a slightly longer lock timeout while our own
+        superuser connection asks ``pg_blocking_pids``; the wait then ends by that timeout and
+        the statement is undone. If nothing blocks it any more, it simply completes:
         then it is kept, and answered for real.
         """
         me = int(ctx.session.get(_PID, 0))
@@ -445,8 +443,9 @@ class OccHook:
             row = await cur.fetchone()
             pids = [int(p) for p in (row[0] if row else [])]
             if pids:
+                # Known: the probe's own lock timeout ends it (never a cancel signal, which
+                # could land on a later statement of this session).
                 holders = [(p, self._number(p)) for p in pids]
-                await inspector.execute("SELECT pg_cancel_backend(%s)", (me,))
                 break
             await asyncio.wait({probe}, timeout=0.002)
         try:
