@@ -148,6 +148,7 @@ class Session:
         self.closing = False
         self.expired = False
         self._backend_task: asyncio.Task[None] | None = None
+        self._wbuf: list[bytes] = []  # backend-bound bytes not yet written (see `_send`)
         self._age_timer: asyncio.TimerHandle | None = None
         hooks = cluster.hooks
         self.h_before = bound_methods(hooks, "before")
@@ -470,8 +471,14 @@ class Session:
             self.pending.append(_Unit(UnitKind.SYNTHETIC, data=data))
 
     def _send(self, data: bytes) -> None:
-        assert self.backend is not None
-        self.backend.write(data)
+        """Queue bytes for the backend; written in one go before the session next waits."""
+        self._wbuf.append(data)
+
+    def _flush_backend(self) -> None:
+        if self._wbuf:
+            assert self.backend is not None
+            self.backend.write(b"".join(self._wbuf) if len(self._wbuf) > 1 else self._wbuf[0])
+            self._wbuf.clear()
 
     async def _wait(self, unit: _Unit, *, flush: bool = False) -> None:
         """Wait for a unit's response, pumping COPY data from the client meanwhile."""
@@ -484,6 +491,7 @@ class Session:
             return
         if flush:
             self._send(protocol.FLUSH)
+        self._flush_backend()
         while not unit.future.done():
             if self._backend_task is None or self._backend_task.done():
                 raise errors.backend_unavailable()
@@ -523,6 +531,7 @@ class Session:
             if item is not None:
                 type_, start, end = item
                 return bytes((type_,)), fb.body(start, end), fb.raw(start, end)
+            self._flush_backend()
             data = await self._read_client()
             if not data:
                 raise ConnectionResetError("client closed the connection")
@@ -543,6 +552,7 @@ class Session:
             batch: list[bytes] = []
             item = fb.next_frame()
             if item is None:
+                self._flush_backend()
                 self.reading = True  # idle between client messages (see `_idle`)
                 try:
                     data = await self._read_client()

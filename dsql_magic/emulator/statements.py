@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 import importlib
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
 
 import postgast
@@ -136,21 +136,21 @@ class Statement:
             return None
         return getattr(self.node, self.node_name)
 
-    @property
+    @cached_property  # Statements are cached and shared: compute once
     def transaction_kind(self) -> str | None:
         """For TRANSACTION statements the libpg_query kind, e.g. ``"TRANS_STMT_COMMIT"``."""
         if self.kind is not StatementKind.TRANSACTION:
             return None
         return str(pb.TransactionStmtKind.Name(self.inner.kind))
 
-    @property
+    @cached_property  # Statements are cached and shared: compute once
     def locks_rows(self) -> bool:
         """True for ``SELECT … FOR UPDATE/SHARE/…`` (any locking clause, at any depth)."""
         if self.kind is not StatementKind.QUERY:
             return False
         return any(True for _ in postgast.find_nodes(self.node, pb.LockingClause))
 
-    @property
+    @cached_property  # Statements are cached and shared: compute once
     def read_only(self) -> bool:
         """True if it cannot change data or catalog: queries, SHOW, EXPLAIN without ANALYZE."""
         if self.kind is StatementKind.QUERY:
