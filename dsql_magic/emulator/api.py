@@ -54,6 +54,7 @@ class EmulatorInfo:
     data_dir: Path
     ephemeral: bool
     pid: int
+    cloudwatch_url: str | None = None  # the emulator's CloudWatch endpoint (boto3 endpoint_url)
 
     @classmethod
     def from_ready_line(cls, line: str) -> EmulatorInfo:
@@ -71,6 +72,7 @@ class EmulatorInfo:
             data_dir=Path(raw["data_dir"]),
             ephemeral=bool(raw.get("ephemeral", False)),
             pid=int(raw.get("pid", 0)),
+            cloudwatch_url=raw.get("cloudwatch_url"),
         )
 
     @property

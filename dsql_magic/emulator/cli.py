@@ -52,6 +52,7 @@ class Assembly:
     account: Any  # iam.LocalAccount
     tls: Any  # tls.TlsFiles
     cluster: Any  # cluster.Cluster
+    cloudwatch: Any = None  # cloudwatch.CloudWatchEndpoint (the cluster's per-minute metrics)
 
     def ready_info(self, host: str, port: int) -> dict[str, Any]:
         """The ready line's content (also what `Emulator` and ``%dsql emulator`` show)."""
@@ -69,6 +70,7 @@ class Assembly:
             "ephemeral": self.config.ephemeral,
             "auth": self.config.auth.value,
             "pid": os.getpid(),
+            "cloudwatch_url": self.cloudwatch.url if self.cloudwatch is not None else None,
         }
 
 
@@ -125,11 +127,27 @@ def assembled(config: EmulatorConfig) -> Iterator[Assembly]:
             hooks=_hooks(cluster_mod, config),
             config=config,
         )
-        yield Assembly(config, data_dir, engine, account, tls_files, cluster)
+        cloudwatch = _cloudwatch(cluster, config)
+        try:
+            yield Assembly(config, data_dir, engine, account, tls_files, cluster, cloudwatch)
+        finally:
+            cloudwatch.stop()
     finally:
         engine.stop()
         if config.ephemeral:
             shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _cloudwatch(cluster: Any, config: EmulatorConfig) -> Any:
+    """The CloudWatch endpoint serving the cluster's meter (issue 6), on the listen host."""
+    from .cloudwatch import CloudWatchEndpoint
+    from .metering import meter_of
+
+    endpoint = CloudWatchEndpoint(
+        lambda: meter_of(cluster), str(config.cluster_id), host=config.host
+    )
+    endpoint.start()
+    return endpoint
 
 
 def _hooks(cluster_mod: Any, config: EmulatorConfig) -> list[object]:
