@@ -202,3 +202,48 @@ def test_direct_tls_negotiation(wire_server: Start) -> None:
     server = wire_server()
     with psycopg.connect(**server.conninfo(sslnegotiation="direct"), autocommit=True) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_graceful_shutdown_tells_clients(wire_server: Start) -> None:
+    server = wire_server()
+    conn = psycopg.connect(**server.conninfo(), autocommit=True)
+    try:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+        server.stop()
+        with pytest.raises(psycopg.OperationalError):
+            conn.execute("SELECT 1")
+    finally:
+        conn.close()
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(**server.conninfo(connect_timeout=3))
+
+
+def test_idle_timeout_closes_a_silent_client(wire_server: Start) -> None:
+    server = wire_server(idle_timeout=0.5)
+    conn = psycopg.connect(**server.conninfo(), autocommit=True)
+    try:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+        time.sleep(1.5)
+        with pytest.raises(psycopg.OperationalError):
+            conn.execute("SELECT 1")
+    finally:
+        conn.close()
+
+
+def test_multi_statement_query_is_one_implicit_transaction(wire_server: Start) -> None:
+    class Noop:
+        async def after(self, stmt: object, result: object, ctx: object) -> None:
+            return None
+
+    for hooks in ([], [Noop()]):  # relayed as is, and split statement by statement
+        server = wire_server(hooks=hooks)
+        with psycopg.connect(**server.conninfo(), autocommit=True) as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS wire_multi (id int PRIMARY KEY)")
+            conn.execute("DELETE FROM wire_multi")
+            res = conn.pgconn.exec_(b"INSERT INTO wire_multi VALUES (1); SELECT 1/0")
+            assert res.error_field(psycopg.pq.DiagnosticField.SQLSTATE) == b"22012"
+            assert conn.execute("SELECT count(*) FROM wire_multi").fetchone() == (0,)
+            with conn.cursor() as cur:
+                cur.execute(b"INSERT INTO wire_multi VALUES (2); SELECT count(*) FROM wire_multi")
+                assert cur.statusmessage == "INSERT 0 1"
+                assert cur.nextset() and cur.fetchone() == (1,)
