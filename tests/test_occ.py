@@ -6,6 +6,7 @@ its COMMIT with 40001 and ``(OC000)``; the first committer wins.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -208,3 +209,68 @@ def test_autocommit_writes_go_through_the_same_rules(
         a.execute(f"UPDATE {table} SET balance = 3 WHERE id = 1")  # the retry
         a.commit()
     assert _balance(emulator_conninfo, table, 1) == 3
+
+
+def test_schema_change_fails_other_sessions_once_with_oc001(
+    pair: tuple[Any, Any], table: str, emulator_conninfo: ConnInfo
+) -> None:
+    a, b = pair
+    with _connect(emulator_conninfo, autocommit=True) as ddl:
+        ddl.execute(f"SELECT 1 FROM {table}")
+        ddl.execute(f"ALTER TABLE {table} ADD COLUMN note text")
+        ddl.execute(f"SELECT note FROM {table}")  # its own change: no conflict for itself
+    assert b.execute("SELECT 1").fetchone() == (1,)  # reads no relation: not affected
+    with pytest.raises(psycopg.errors.SerializationFailure) as info:
+        b.execute(f"INSERT INTO {table} VALUES (9, 9)")
+    assert info.value.sqlstate == "40001" and "(OC001)" in str(info.value)
+    b.rollback()
+    b.execute(f"INSERT INTO {table} VALUES (9, 9)")  # the retry succeeds
+    b.commit()
+    with pytest.raises(psycopg.errors.SerializationFailure):
+        a.execute(f"SELECT note FROM {table}")
+    a.rollback()
+    assert a.execute(f"SELECT note FROM {table} WHERE id = 9").fetchone() == (None,)
+    a.rollback()
+
+
+def test_fk_insert_conflicts_with_delete_of_the_referenced_row(
+    emulator_conninfo: ConnInfo,
+) -> None:
+    parent, child = f"p_{uuid.uuid4().hex[:8]}", f"c_{uuid.uuid4().hex[:8]}"
+    with _connect(emulator_conninfo, autocommit=True) as conn:
+        for sql in (
+            f"CREATE TABLE {parent} (id int PRIMARY KEY, name text)",
+            f"CREATE TABLE {child} (id int PRIMARY KEY, parent_id int REFERENCES {parent} (id))",
+            f"INSERT INTO {parent} VALUES (1, 'a'), (2, 'b')",
+        ):
+            for _ in range(5):
+                try:
+                    conn.execute(sql)
+                    break
+                except psycopg.errors.SerializationFailure:
+                    continue
+    a, b = _connect(emulator_conninfo), _connect(emulator_conninfo)
+    try:
+        for conn in (a, b):
+            with contextlib.suppress(psycopg.errors.SerializationFailure):
+                conn.execute(f"SELECT 1 FROM {parent}, {child} LIMIT 1")
+            conn.rollback()
+        # FK insert vs delete of the referenced row: conflict, first committer wins.
+        a.execute(f"INSERT INTO {child} VALUES (1, 1)")
+        assert b.execute(f"DELETE FROM {parent} WHERE id = 1").rowcount == 1  # no hang
+        a.commit()
+        with pytest.raises(psycopg.errors.SerializationFailure) as info:
+            b.commit()
+        assert _oc000(info.value)
+        # FK insert vs a non-key update of the referenced row: no conflict.
+        a.execute(f"INSERT INTO {child} VALUES (2, 2)")
+        b.execute(f"UPDATE {parent} SET name = 'renamed' WHERE id = 2")
+        b.commit()
+        a.commit()
+        with _connect(emulator_conninfo, autocommit=True) as check:
+            rows = check.execute(f"SELECT id, name FROM {parent} ORDER BY id").fetchall()
+            assert rows == [(1, "a"), (2, "renamed")]
+            assert check.execute(f"SELECT count(*) FROM {child}").fetchone() == (2,)
+    finally:
+        a.close()
+        b.close()

@@ -59,12 +59,13 @@ class SchemaVersionHook:
         ctx.session[_KEY] = ctx.cluster.catalog_version
 
     async def before(self, stmt: Statement, ctx: StatementContext) -> Reply | None:
+        if stmt.is_async or not reads_relations(stmt):
+            return None  # no catalog read: the session keeps its (possibly old) version
         seen = ctx.session.get(_KEY, 0)
         current = ctx.cluster.catalog_version
-        if seen < current and reads_relations(stmt) and not stmt.is_async:
-            ctx.session[_KEY] = current
-            raise schema_conflict()
         ctx.session[_KEY] = current
+        if seen < current:
+            raise schema_conflict()
         return None
 
     async def after(self, stmt: Statement, result: CommandResult, ctx: StatementContext) -> None:
