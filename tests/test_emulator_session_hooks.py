@@ -227,3 +227,22 @@ def test_snapshot_is_taken_at_begin(hooked: Any) -> None:
         assert a.execute("SELECT count(*) FROM hook_rows WHERE id = 40").fetchone() == (0,)
         a.execute("COMMIT")
         assert a.execute("SELECT count(*) FROM hook_rows WHERE id = 40").fetchone() == (1,)
+
+
+def test_copy_through_hooks(hooked: Any) -> None:
+    server, _ = hooked
+    with psycopg.connect(**server.conninfo(), autocommit=True) as conn, conn.cursor() as cur:
+        with cur.copy("COPY hook_rows (id) FROM STDIN") as copy:
+            for i in range(100, 150):
+                copy.write_row((i,))
+        assert cur.statusmessage == "COPY 50"
+        assert conn.execute("SELECT count(*) FROM hook_rows").fetchone() == (50,)
+        # `after` sees COPY's row count and refuses it: nothing stays
+        with pytest.raises(pge.ProgramLimitExceeded):  # noqa: SIM117
+            with cur.copy("COPY hook_limited (id) FROM STDIN") as copy:
+                for i in range(3):
+                    copy.write_row((i,))
+        assert conn.execute("SELECT count(*) FROM hook_limited").fetchone() == (0,)
+        with cur.copy("COPY (SELECT 1) TO STDOUT") as copy:
+            out = b"".join(bytes(chunk) for chunk in copy)
+        assert out == b"1\n"

@@ -148,6 +148,7 @@ class Session:
         self.closing = False
         self.expired = False
         self._backend_task: asyncio.Task[None] | None = None
+        self._copy_wake: asyncio.Future[None] | None = None
         self._wbuf: list[bytes] = []  # backend-bound bytes not yet written (see `_send`)
         self._age_timer: asyncio.TimerHandle | None = None
         hooks = cluster.hooks
@@ -412,6 +413,8 @@ class Session:
                 head.columns = protocol.parse_row_description(fb.body(start, end))
         elif t == b"G":
             self.copy_in.set()
+            if self._copy_wake is not None and not self._copy_wake.done():
+                self._copy_wake.set_result(None)
         if t == b"Z":
             while head.kind not in (UnitKind.QUERY, UnitKind.SYNC) and len(self.pending) > 1:
                 head.skipped = True  # never answered: PostgreSQL skipped it after an error
@@ -451,6 +454,8 @@ class Session:
             self._end(unit)
 
     def _fail_pending(self) -> None:
+        if self._copy_wake is not None and not self._copy_wake.done():
+            self._copy_wake.set_result(None)
         while self.pending:
             unit = self.pending.popleft()
             unit.skipped = True
@@ -495,15 +500,18 @@ class Session:
         while not unit.future.done():
             if self._backend_task is None or self._backend_task.done():
                 raise errors.backend_unavailable()
-            copy_wait = asyncio.ensure_future(self.copy_in.wait())
-            waiting: set[asyncio.Future[Any]] = {unit.future, copy_wait, self._backend_task}
-            await asyncio.wait(
-                waiting,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            copy_wait.cancel()
-            if self.copy_in.is_set() and not unit.future.done():
+            if self.copy_in.is_set():
                 await self._pump_copy()
+                continue
+            # The backend loop resolves `unit.future`, or `wake` when COPY IN starts (the
+            # client then has data to send first); a dead backend resolves every future.
+            self._flush_backend()
+            wake: asyncio.Future[None] = loop.create_future()
+            self._copy_wake = wake
+            try:
+                await asyncio.wait({unit.future, wake}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                self._copy_wake = None
 
     async def _pump_copy(self) -> None:
         """Forward the client's CopyData/CopyDone/CopyFail while the backend is in COPY IN."""
