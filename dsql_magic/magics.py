@@ -61,6 +61,8 @@ SUBCOMMANDS: dict[str, str] = {
     "explain": "dsql_magic.explain.magic:cmd_explain",
     "dpu": "dsql_magic.dpu.command:cmd_dpu",
     "emulator": "dsql_magic.emulator.magic_support:cmd_emulator",
+    "jobs": "dsql_magic.jobs_magic:cmd_jobs",
+    "wait": "dsql_magic.jobs_magic:cmd_wait",
 }
 
 _NO_CELL_ARGS = argparse.Namespace(
