@@ -304,3 +304,22 @@ def test_data_modifying_with_counts_as_dml(dialect_engine: Engine) -> None:
         await s.run("ROLLBACK")
 
     _run(dialect_engine, scenario)
+
+
+def test_sizes_found_when_rows_reuse_free_space_early_in_the_heap(dialect_engine: Engine) -> None:
+    col = limits.MAX_COLUMN_BYTES
+
+    async def scenario(s: HookSession) -> None:
+        await s.run("CREATE TABLE reuse_t (id int PRIMARY KEY, v text)")
+        await s._internal(
+            "INSERT INTO reuse_t SELECT g, md5(g::text) FROM generate_series(1, 20000) g"
+        )
+        await s._internal("DELETE FROM reuse_t WHERE id <= 500")
+        await s._internal("VACUUM reuse_t")  # free space at the start of the heap, in the FSM
+        err = await _fails(s, f"INSERT INTO reuse_t VALUES (1, repeat('a', {col + 1}))")
+        assert err.message == "maximum column size exceeds limit"
+        await s.run(f"INSERT INTO reuse_t VALUES (1, repeat('a', {col}))")
+        rows = await s.rows("SELECT (ctid::text::point)[0] < 100 FROM reuse_t WHERE id = 1")
+        assert rows == [("t",)]  # the row did land early in the heap, not in the scanned tail
+
+    _run(dialect_engine, scenario)

@@ -96,6 +96,19 @@ def _relation_literal(schema: str | None, name: str) -> str:
     return ident
 
 
+_FIRST_TAIL_BLOCKS = 16
+
+
+@dataclass(frozen=True)
+class _Written:
+    """A table this transaction wrote to: how many row versions, and its size in blocks."""
+
+    relid: str
+    qualified: str
+    written: int
+    blocks: int
+
+
 class TransactionRules:
     """Statement hook enforcing DSQL's transaction rules and database limits."""
 
@@ -303,21 +316,23 @@ class TransactionRules:
             return
         xid32 = int(xid_text) % (1 << 32)
         tables = await ctx.execute(
-            "SELECT s.relid::text, quote_ident(s.schemaname) || '.' || quote_ident(s.relname) "
+            "SELECT s.relid::text, quote_ident(s.schemaname) || '.' || quote_ident(s.relname), "
+            "(s.n_tup_ins + s.n_tup_upd)::text, "
+            "(pg_relation_size(s.relid) / current_setting('block_size')::int)::text "
             "FROM pg_stat_xact_user_tables s "
             "WHERE s.n_tup_ins + s.n_tup_upd > 0 AND has_table_privilege(s.relid, 'SELECT')"
         )
         total = 0
-        for relid, qualified in tables[-1].rows if tables else ():
+        for relid, qualified, written, blocks in tables[-1].rows if tables else ():
             if relid is None or qualified is None:
                 continue
-            total += await self._measure_table(ctx, relid, qualified, xid32)
+            table = _Written(relid, qualified, int(written or 0), int(blocks or 0))
+            total += await self._measure_table(ctx, table, xid32)
         if total > self.limits.max_bytes:
             raise self._error("size-limit", size=str(math.ceil(total / limits.MIB)))
 
-    async def _measure_table(
-        self, ctx: StatementContext, relid: str, qualified: str, xid32: int
-    ) -> int:
+    async def _measure_table(self, ctx: StatementContext, table: _Written, xid32: int) -> int:
+        relid, qualified = table.relid, table.qualified
         cols = await ctx.execute(
             "SELECT quote_ident(attname), format_type(atttypid, NULL), attnum::text "
             "FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped "
@@ -348,13 +363,22 @@ class TransactionRules:
         row_expr = " + ".join(sizes)
         col_expr = f"greatest({', '.join(sizes)})" if len(sizes) > 1 else sizes[0]
         key_expr = f"greatest({', '.join(key_exprs)})" if key_exprs else "0"
-        result = await ctx.execute(
-            f"SELECT coalesce(sum({row_expr}), 0)::text, coalesce(max({row_expr}), 0)::text, "
-            f"coalesce(max({col_expr}), 0)::text, coalesce(max({key_expr}), 0)::text "
-            f"FROM ONLY {qualified} x WHERE x.xmin::text::bigint >= $1",
-            (str(xid32),),
-        )
-        total, max_row, max_col, max_key = (int(v or 0) for v in result[-1].rows[0])
+        # New row versions of an appending transaction sit at the end of the heap: first scan
+        # a tail big enough for one row per block (a TID range scan); when fewer rows than it
+        # wrote are there (free space reused, updates in place), scan the whole table.
+        start = max(0, table.blocks - _FIRST_TAIL_BLOCKS - table.written)
+        while True:
+            result = await ctx.execute(
+                f"SELECT count(*)::text, coalesce(sum({row_expr}), 0)::text, "
+                f"coalesce(max({row_expr}), 0)::text, coalesce(max({col_expr}), 0)::text, "
+                f"coalesce(max({key_expr}), 0)::text FROM ONLY {qualified} x "
+                f"WHERE x.ctid >= $2::tid AND x.xmin::text::bigint >= $1",
+                (str(xid32), f"({start},0)"),
+            )
+            found, total, max_row, max_col, max_key = (int(v or 0) for v in result[-1].rows[0])
+            if found >= table.written or start == 0:
+                break
+            start = 0
         if max_key > self.limits.max_key_bytes:
             raise self._error("key-size")
         if max_col > self.limits.max_column_bytes:
