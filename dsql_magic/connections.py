@@ -268,7 +268,11 @@ class DsqlConnection:
         if t.hostaddr:
             kwargs["hostaddr"] = t.hostaddr
         try:
-            conn = psycopg.connect(autocommit=True, password=token.reveal(), **kwargs)
+            # No automatic server-side prepare: notebook cells are one-offs re-run across DDL
+            # (which any session may do, cluster-wide); prepared plans would only go stale.
+            conn = psycopg.connect(
+                autocommit=True, prepare_threshold=None, password=token.reveal(), **kwargs
+            )
         except psycopg.Error as exc:
             raise connection_error(exc, user=t.user, host=self.display_host) from None
         finally:

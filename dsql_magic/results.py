@@ -17,7 +17,8 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from operator import itemgetter
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import pandas as pd
@@ -29,6 +30,8 @@ DATE, TIME, TIMESTAMP, TIMESTAMPTZ, INTERVAL = 1082, 1083, 1114, 1184, 1186
 _INTEGERS = frozenset({INT2, INT4, INT8, OID})
 _FLOATS = frozenset({FLOAT4, FLOAT8})
 NUMERIC_AS = ("decimal", "float")
+_UTC = pd.DatetimeTZDtype(unit="us", tz="UTC")
+_SMALL = 10_000  # below this many rows, fixed per-column costs dominate
 
 
 @dataclass(frozen=True)
@@ -37,35 +40,41 @@ class Column:
     type_oid: int
 
 
-def _objects(values: Sequence[Any]) -> np.ndarray:
-    """An object array of ``values`` (never 2-D, even when values are tuples or lists)."""
-    arr = np.empty(len(values), dtype=object)
-    arr[:] = values
-    return arr
+def _column(rows: Sequence[tuple[Any, ...]], i: int, dtype: Any) -> np.ndarray:
+    """Column ``i`` of ``rows`` as a 1-D array (``fromiter`` never reads values as sequences)."""
+    return np.fromiter(map(itemgetter(i), rows), dtype=dtype, count=len(rows))
 
 
-def _convert(values: Sequence[Any], oid: int, numeric_as: str) -> Any:
-    n = len(values)
+def _convert(rows: Sequence[tuple[Any, ...]], i: int, oid: int, numeric_as: str) -> Any:
+    """Column ``i`` converted by its type OID (fast path first, NULL-aware path on failure)."""
+    n = len(rows)
     if oid in _INTEGERS:
         try:
-            ints = np.fromiter(values, dtype=np.int64, count=n)
+            ints = _column(rows, i, np.int64)
         except TypeError:  # NULLs
-            return pd.array(_objects(values), dtype="Int64")
+            return pd.array(_column(rows, i, object), dtype="Int64")
         return pd.arrays.IntegerArray(ints, np.zeros(n, dtype=np.bool_))
     if oid in _FLOATS or (oid == NUMERIC and numeric_as == "float"):
         try:
-            return np.fromiter(values, dtype=np.float64, count=n)
-        except TypeError:
-            return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+            return _column(rows, i, np.float64)
+        except TypeError:  # NULLs become NaN
+            values = _column(rows, i, object)
+            return np.array([np.nan if v is None else float(v) for v in values], np.float64)
+    values = _column(rows, i, object)
     if oid == BOOL:
-        return pd.array(_objects(values), dtype="boolean")
+        if n and None not in values:
+            return pd.arrays.BooleanArray(values.astype(np.bool_), np.zeros(n, dtype=np.bool_))
+        return pd.array(values, dtype="boolean")
     if oid == TIMESTAMPTZ:
-        return pd.to_datetime(_objects(values), utc=True)
+        if n < _SMALL:  # the extension-array constructor has less fixed cost
+            return cast(Any, pd.arrays.DatetimeArray)._from_sequence(values, dtype=_UTC)
+        # cache=False: result timestamps are mostly distinct, so pandas' cache only costs.
+        return pd.to_datetime(values, utc=True, cache=False)
     if oid == TIMESTAMP:
-        return pd.to_datetime(_objects(values))
+        return pd.to_datetime(values, cache=False)
     if oid == INTERVAL:
-        return pd.to_timedelta(_objects(values))
-    return _objects(values)
+        return pd.to_timedelta(values)
+    return values
 
 
 def to_dataframe(
@@ -78,17 +87,13 @@ def to_dataframe(
     """A DataFrame (of class ``cls``) from rows as psycopg returns them, typed by column OIDs."""
     if not columns:
         return cls()
-    # Column by column: much faster than zip(*rows) on large results.
-    transposed = [[row[i] for row in rows] for i in range(len(columns))]
-    arrays = [
-        _convert(values, col.type_oid, numeric_as)
-        for col, values in zip(columns, transposed, strict=True)
-    ]
+    arrays = [_convert(rows, i, col.type_oid, numeric_as) for i, col in enumerate(columns)]
     names = [c.name for c in columns]
+    index = pd.RangeIndex(len(rows))
     if len(set(names)) == len(names):
-        return cls(dict(zip(names, arrays, strict=True)), copy=False)
+        return cls(dict(zip(names, arrays, strict=True)), index=index, copy=False)
     # Duplicate names (``SELECT 1 AS a, 2 AS a``): build by position, then name the columns.
-    df = cls(dict(enumerate(arrays)), copy=False)
+    df = cls(dict(enumerate(arrays)), index=index, copy=False)
     df.columns = pd.Index(names, dtype=object)
     return df
 

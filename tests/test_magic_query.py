@@ -208,3 +208,11 @@ def test_help_and_usage(ip: InteractiveShell, magic: Any) -> None:
 def test_unterminated_sql_is_a_usage_error(connected: PgServer, magic: Any) -> None:
     with pytest.raises(UsageProblem, match="unterminated"):
         magic("SELECT 'oops")
+
+
+def test_same_text_after_ddl_still_works(connected: PgServer, magic: Any, table: str) -> None:
+    magic(f"CREATE TABLE {table} (id int)")
+    for _ in range(8):  # more than psycopg's automatic-prepare threshold
+        magic(f"SELECT * FROM {table}")
+    magic(f"ALTER TABLE {table} ADD COLUMN extra text")
+    assert list(magic(f"SELECT * FROM {table}").columns) == ["id", "extra"]

@@ -78,3 +78,9 @@ def test_command_result_display() -> None:
     res = CommandResult(["CREATE TABLE", "INSERT 0 3"], ["note"])
     assert repr(res) == "CREATE TABLE\nINSERT 0 3\nnote"
     assert "INSERT 0 3" in res._repr_html_()
+
+
+def test_arrays_and_records_stay_whole(connected: PgServer, magic: Any) -> None:
+    df = magic("SELECT ARRAY[1, 2] AS a, ROW(1, 'x') AS r UNION ALL SELECT ARRAY[3], NULL")
+    assert df["a"][0] == [1, 2] and df["a"][1] == [3]
+    assert len(df) == 2 and df["r"].isna()[1]
