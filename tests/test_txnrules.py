@@ -323,3 +323,35 @@ def test_sizes_found_when_rows_reuse_free_space_early_in_the_heap(dialect_engine
         assert rows == [("t",)]  # the row did land early in the heap, not in the scanned tail
 
     _run(dialect_engine, scenario)
+
+
+def test_object_counts_at_dsql_numbers(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """10 schemas, 1,000 tables, 24 indexes per table: the last allowed passes, the next fails."""
+    engine = Engine(tmp_path_factory.mktemp("counts_pg"), remove_on_stop=True)
+    engine.start()
+
+    async def scenario(s: HookSession) -> None:
+        # A fresh database has one user schema (public) and no tables.
+        for i in range(limits.MAX_SCHEMAS - 1):
+            await s.run(f"CREATE SCHEMA s{i}")
+        err = await _fails(s, "CREATE SCHEMA one_too_many")
+        assert (err.sqlstate, err.message) == ("54000", "more than 10 schemas not allowed")
+        batch = "; ".join(f"CREATE TABLE t{i} (id int PRIMARY KEY)" for i in range(998))
+        await s._internal(batch)
+        await s.run(
+            "CREATE TABLE t998 (id int PRIMARY KEY, "
+            + ", ".join(f"c{i} int" for i in range(30))
+            + ")"
+        )
+        await s.run("CREATE TABLE s0.t999 (id int PRIMARY KEY)")  # the 1,000th
+        err = await _fails(s, "CREATE TABLE t1000 (id int PRIMARY KEY)")
+        assert err.message == "creating more than 1000 tables not allowed"
+        for i in range(limits.MAX_INDEXES_PER_TABLE - 1):  # plus the primary key: 24
+            await s.run(f"CREATE INDEX ASYNC ON t998 (c{i})")
+        err = await _fails(s, "CREATE INDEX ASYNC ON t998 (c29)")
+        assert err.message == "more than 24 indexes per table are not allowed"
+
+    try:
+        _run(engine, scenario)
+    finally:
+        engine.stop()
