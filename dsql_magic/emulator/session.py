@@ -150,6 +150,7 @@ class Session:
         self._backend_task: asyncio.Task[None] | None = None
         self._copy_wake: asyncio.Future[None] | None = None
         self._wbuf: list[bytes] = []  # backend-bound bytes not yet written (see `_send`)
+        self._cbuf: list[bytes] = []  # session-made replies not yet written to the client
         self._age_timer: asyncio.TimerHandle | None = None
         hooks = cluster.hooks
         self.h_before = bound_methods(hooks, "before")
@@ -232,6 +233,7 @@ class Session:
         self.closing = True
         with contextlib.suppress(Exception):
             if not self.writer.is_closing():
+                self._flush_client()
                 self.writer.write(protocol.encode_error(err))
                 await asyncio.wait_for(self.writer.drain(), 5)
         self._close_client()
@@ -332,6 +334,7 @@ class Session:
                 if run_start >= 0:
                     out.append(fb.raw(run_start, run_end))
                 if out:
+                    self._flush_client()
                     writer.write(b"".join(out))
                     if writer.transport.get_write_buffer_size() > _HIGH_WATER:
                         await writer.drain()
@@ -471,7 +474,7 @@ class Session:
     def _send_synthetic(self, data: bytes) -> None:
         """Send bytes to the client in their place among pending responses."""
         if not self.pending:
-            self.writer.write(data)
+            self._cbuf.append(data)  # written with the next flush, before any backend bytes
         else:
             self.pending.append(_Unit(UnitKind.SYNTHETIC, data=data))
 
@@ -479,7 +482,14 @@ class Session:
         """Queue bytes for the backend; written in one go before the session next waits."""
         self._wbuf.append(data)
 
+    def _flush_client(self) -> None:
+        if self._cbuf:
+            self.writer.write(b"".join(self._cbuf) if len(self._cbuf) > 1 else self._cbuf[0])
+            self._cbuf.clear()
+
     def _flush_backend(self) -> None:
+        """Write what the client is owed, then what the backend is sent, each in one go."""
+        self._flush_client()
         if self._wbuf:
             assert self.backend is not None
             self.backend.write(b"".join(self._wbuf) if len(self._wbuf) > 1 else self._wbuf[0])
