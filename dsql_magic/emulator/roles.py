@@ -183,15 +183,22 @@ async def ensure_installed(cluster: Cluster) -> None:
         import psycopg
 
         addr = cluster.backend
-        async with await psycopg.AsyncConnection.connect(
-            host=str(addr.socket_dir),
-            port=addr.port,
-            user=addr.user,
-            dbname=addr.database,
-            connect_timeout=10,
-        ) as conn:
-            await conn.execute(INSTALL_SQL.encode())
-            await conn.commit()
+        for attempt in range(3):
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    host=str(addr.socket_dir),
+                    port=addr.port,
+                    user=addr.user,
+                    dbname=addr.database,
+                    connect_timeout=10,
+                ) as conn:
+                    await conn.execute(INSTALL_SQL.encode())
+                    await conn.commit()
+                break
+            except psycopg.errors.UniqueViolation:
+                # Another installer of the sys schema (the jobs hook) raced us; try again.
+                if attempt == 2:
+                    raise
         _installed[cluster] = True
 
 
