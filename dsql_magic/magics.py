@@ -31,7 +31,6 @@ import shlex
 from collections.abc import Callable
 from typing import Any
 
-import pandas as pd
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from traitlets import Bool, Enum, Float, Int, Unicode, observe, validate
@@ -47,7 +46,14 @@ from dsql_magic.connections import (
 from dsql_magic.errors import DsqlMagicError, UsageProblem
 from dsql_magic.execution import CellOutcome, RetryPolicy, parse_cell, run_cell
 from dsql_magic.limits import DEFAULT_TOKEN_TTL_SECONDS
-from dsql_magic.results import CommandResult, DsqlFrame, Message, table, to_dataframe
+from dsql_magic.results import (
+    CommandResult,
+    DsqlFrame,
+    Message,
+    table,
+    to_dataframe,
+    to_polars,
+)
 
 Handler = Callable[["DsqlMagic", str, "str | None"], object]
 
@@ -298,20 +304,12 @@ class DsqlMagic(Magics):
         """The cell's output for an outcome: a DataFrame (last result set) or command tags."""
         if outcome.columns is None:
             return CommandResult(outcome.tags, outcome.notes)
-        polars_wanted = self.dataframe == "polars"
-        df = to_dataframe(
-            outcome.columns,
-            outcome.rows,
-            numeric_as=self.numeric_as,
-            cls=pd.DataFrame if polars_wanted else DsqlFrame,
-        )
         notes = [*outcome.tags_after_result, *outcome.notes]
-        if polars_wanted:
-            import polars
-
-            for note in notes:
+        if self.dataframe == "polars":
+            for note in notes:  # a polars frame cannot carry them
                 print(note)
-            return polars.from_pandas(df)
+            return to_polars(outcome.columns, outcome.rows)
+        df = to_dataframe(outcome.columns, outcome.rows, numeric_as=self.numeric_as, cls=DsqlFrame)
         return DsqlFrame.wrap(df, limit=limit or None, notes=notes)
 
     def close_all(self) -> None:

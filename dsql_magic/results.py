@@ -98,6 +98,23 @@ def to_dataframe(
     return df
 
 
+def to_polars(columns: Sequence[Column], rows: Sequence[tuple[Any, ...]]) -> Any:
+    """A polars DataFrame straight from the rows (polars types them; duplicate names get ``_N``)."""
+    import polars as pl
+
+    names: list[str] = []
+    for col in columns:
+        name, k = col.name, 1
+        while name in names:
+            name, k = f"{col.name}_{k}", k + 1
+        names.append(name)
+    data = {
+        name: pl.Series(name, list(map(itemgetter(i), rows)), strict=False)
+        for i, name in enumerate(names)
+    }
+    return pl.DataFrame(data)
+
+
 class DsqlFrame(pd.DataFrame):
     """The DataFrame a cell returns: displays at most ``displaylimit`` rows, with its notes."""
 

@@ -216,3 +216,28 @@ def test_same_text_after_ddl_still_works(connected: PgServer, magic: Any, table:
         magic(f"SELECT * FROM {table}")
     magic(f"ALTER TABLE {table} ADD COLUMN extra text")
     assert list(magic(f"SELECT * FROM {table}").columns) == ["id", "extra"]
+
+
+def test_polars_results(connected: PgServer, magic: Any, ip: InteractiveShell) -> None:
+    import polars as pl
+
+    ip.run_line_magic("config", 'DsqlMagic.dataframe = "polars"')
+    df = magic("SELECT 1::int8 AS a, NULL::int8 AS b, 'x'::text AS c")
+    assert isinstance(df, pl.DataFrame)
+    assert df.schema["a"] == pl.Int64 and df["b"][0] is None and df["c"][0] == "x"
+
+
+def test_line_options_edge_cases(connected: PgServer, magic: Any) -> None:
+    from dsql_magic.magics import split_line_options
+
+    assert split_line_options("-- note\nSELECT 1") == ({}, "-- note\nSELECT 1")
+    assert split_line_options("--readonly --limit 3 SELECT 1") == (
+        {"readonly": True, "limit": 3},
+        "SELECT 1",
+    )
+    with pytest.raises(UsageProblem, match="needs a value"):
+        split_line_options("--conn")
+    with pytest.raises(UsageProblem, match="not a number"):
+        split_line_options("--limit many SELECT 1")
+    with pytest.raises(NotConnected, match="known connections: main"):
+        magic(line="--conn nope SELECT 1")
