@@ -26,7 +26,7 @@ from typing import Any
 import postgast
 
 from .errors import DsqlError
-from .hooks import CommandResult, Reply, StatementContext, Synthetic
+from .hooks import Reply, StatementContext, Synthetic
 from .jobs import IndexBuild, JobNotFound, JobRunner, connector, is_job_id
 from .statements import Statement
 
@@ -68,6 +68,8 @@ async def runner_for(cluster: Any) -> JobRunner:
             )
             await runner.start()
             _runners[cluster] = runner
+            if hasattr(cluster, "add_shutdown"):  # stop the workers with the server
+                cluster.add_shutdown(runner.stop)
     return runner
 
 
@@ -186,9 +188,6 @@ class JobsHook:
         arg = _wait_call(stmt)
         if arg is not None:
             return await self._wait(arg, ctx)
-        return None
-
-    async def after(self, stmt: Statement, result: CommandResult, ctx: StatementContext) -> None:
         return None
 
     async def after_end(self, ctx: StatementContext, committed: bool) -> None:

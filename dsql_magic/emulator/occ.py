@@ -61,7 +61,7 @@ from typing import Any
 import postgast
 
 from .errors import DsqlError
-from .hooks import BoundStatement, CommandResult, Forward, Reply, StatementContext, Synthetic
+from .hooks import BoundStatement, Forward, Reply, StatementContext, Synthetic
 from .injection import InjectionSettings, InjectionSpecError, Injector, make_settings, parse_spec
 from .schema_version import schema_conflict
 from .statements import Statement, StatementKind
@@ -285,9 +285,6 @@ class OccHook:
             self._outcomes.clear()  # only transactions still open can matter; be simple
         self._outcomes[(pid, number)] = committed
         ctx.session[_GEN] = number + 1
-
-    async def after(self, stmt: Statement, result: CommandResult, ctx: StatementContext) -> None:
-        return None
 
     # --- the pieces -----------------------------------------------------------------------------
 
