@@ -16,7 +16,7 @@ import logging
 import secrets
 import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -120,6 +120,22 @@ class Cluster:
         self._ids = itertools.count(1)
         self._bucket = _TokenBucket(self.settings.connection_rate, self.settings.connection_burst)
         self.open_connections = 0
+        self._on_shutdown: list[Callable[[], Awaitable[object]]] = []
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def add_shutdown(self, callback: Callable[[], Awaitable[object]]) -> None:
+        """Run ``await callback()`` when the server stops (background tasks, connections)."""
+        self._on_shutdown.append(callback)
+
+    async def aclose(self) -> None:
+        """Run the shutdown callbacks, last registered first; errors are logged, not raised."""
+        while self._on_shutdown:
+            callback = self._on_shutdown.pop()
+            try:
+                await callback()
+            except Exception:
+                log.exception("error while shutting down %r", callback)
 
     # --- admission ---------------------------------------------------------------------------
 

@@ -81,6 +81,7 @@ async def serve(
                 task.cancel()
             if still:
                 await asyncio.wait(still, timeout=_GRACE_SECONDS)
+        await cluster.aclose()
         log.info("stopped")
 
 
