@@ -233,3 +233,11 @@ def test_application_name_and_unload_closes(
     ip.run_line_magic("unload_ext", "dsql_magic")
     assert raw.closed
     ip.run_line_magic("load_ext", "dsql_magic")
+
+
+def test_url_target(pg_server: PgServer, magic: Any, dsql: Any) -> None:
+    url = f"postgresql://analyst@{pg_server.endpoint}:{pg_server.port}/postgres?region=us-east-1"
+    rest = f"--hostaddr {pg_server.hostaddr} --sslrootcert {pg_server.ca_file} --name viaurl"
+    magic(line=f"connect {url} {rest}")
+    assert magic("SELECT current_user AS u")["u"][0] == "analyst"
+    assert dsql.registry.get("viaurl").target.port == pg_server.port
