@@ -123,3 +123,24 @@ def test_custom_role_needs_iam_mapping(emulator: Emulator, emulator_conninfo: Co
         assert info.value.diag.message_primary == (
             "permission denied to grant IAM trust with role e2e_reader"
         )
+
+
+def test_async_index_counts_as_the_transactions_ddl(emulator_conninfo: ConnInfo) -> None:
+    with _connect(emulator_conninfo) as conn:
+        conn.execute("CREATE TABLE e2e_idx (id int PRIMARY KEY, a text, d bytea)")
+        conn.execute("BEGIN")
+        conn.execute("CREATE INDEX ASYNC ON e2e_idx (a)")
+        with pytest.raises(psycopg.Error) as info:
+            conn.execute("CREATE TABLE e2e_idx2 (id int PRIMARY KEY)")
+        assert info.value.diag.message_primary == (
+            "multiple ddl statements not supported in a transaction"
+        )
+        assert conn.execute("COMMIT").statusmessage == "ROLLBACK"
+        with pytest.raises(psycopg.Error) as info:
+            conn.execute("CREATE INDEX ASYNC ON e2e_idx (d)")
+        assert info.value.diag.message_primary == "datatype bytea is not supported in a key"
+        with pytest.raises(psycopg.Error) as info:
+            conn.execute("CREATE INDEX ASYNC ON e2e_idx (a DESC)")
+        assert info.value.diag.message_primary == (
+            "specifying sort order not supported for index keys"
+        )

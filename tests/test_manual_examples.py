@@ -333,3 +333,27 @@ def test_sqlalchemy_model_round_trip(emulator: Emulator, monkeypatch: pytest.Mon
     finally:
         Base.metadata.drop_all(engine)
         engine.dispose()
+
+
+def test_index_example(admin: psycopg.Connection[Any]) -> None:
+    _script(
+        admin,
+        """
+        CREATE SCHEMA idx_test;
+
+        CREATE TABLE idx_test.departments (name varchar(255) primary key NOT null,
+            manager varchar(255),
+            size varchar(4));
+        INSERT INTO idx_test.departments VALUES ('Human Resources', 'John Doe', '10')
+        """,
+    )
+    cur = admin.execute(
+        "CREATE INDEX ASYNC test_index on idx_test.departments(name, manager, size)"
+    )
+    assert [d.name for d in cur.description or ()] == ["job_id"]
+    (job_id,) = cur.fetchone() or ("",)
+    assert len(job_id) == 26
+    assert admin.execute(f"SELECT sys.wait_for_job('{job_id}')").fetchone() == (True,)
+    with pytest.raises(psycopg.Error) as info:
+        admin.execute("CREATE INDEX test_index2 on idx_test.departments(manager)")
+    assert info.value.diag.message_primary == "unsupported mode. please use CREATE INDEX ASYNC."

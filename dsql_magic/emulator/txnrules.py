@@ -166,21 +166,19 @@ class TransactionRules:
                 raise self._error("ddl-dml-mix")
         if stmt.kind is StatementKind.DDL:
             await self._check_catalog_limits(stmt, ctx)
+        # Counted here, not in `after`: a statement a later hook answers itself (CREATE INDEX
+        # ASYNC's job_id) never reaches `after`. A statement that then fails ends the block.
+        if _is_ddl(stmt):
+            state.ddl += 1
+        elif _is_dml(stmt):
+            state.dml += 1
         return None
 
     async def after(self, stmt: Statement, result: CommandResult, ctx: StatementContext) -> None:
-        """Count DDL, DML and mutated rows; fail the statement that crosses the row limit."""
-        if not (_is_ddl(stmt) or _is_dml(stmt)):
-            return
-        state = self._state(ctx)
-        if _is_ddl(stmt):
-            state.ddl += 1
-            return
-        if not _is_dml(stmt):
-            return
-        state.dml += 1
+        """Count mutated rows; fail the statement that crosses the row limit."""
         if stmt.kind is not StatementKind.DML:
-            return  # a data-modifying WITH reports the rows it returns, not those it changed
+            return  # (a data-modifying WITH reports the rows it returns, not those it changed)
+        state = self._state(ctx)
         rows = result.rows_affected or 0
         if rows:
             state.wrote = True
