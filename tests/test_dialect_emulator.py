@@ -144,3 +144,9 @@ def test_async_index_counts_as_the_transactions_ddl(emulator_conninfo: ConnInfo)
         assert info.value.diag.message_primary == (
             "specifying sort order not supported for index keys"
         )
+
+
+def test_startup_reports_dsql_server_version(emulator_conninfo: ConnInfo) -> None:
+    with _connect(emulator_conninfo) as conn:
+        assert conn.info.parameter_status("server_version") == "16.15"
+        assert conn.info.server_version == 160015

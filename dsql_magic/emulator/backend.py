@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from . import errors, protocol
 from .cluster import BackendAddress
+from .environment import REPORTED_PARAMETERS
 from .errors import DsqlError
 from .hooks import QueryResult
 
@@ -77,6 +78,9 @@ class Backend:
                         raise errors.internal_error("the storage engine asked for a password")
                 elif type_ == b"S":
                     name, value = protocol.parse_parameter_status(body)
+                    if name in REPORTED_PARAMETERS:  # DSQL reports its own version (observed)
+                        value = REPORTED_PARAMETERS[name]
+                        raw = protocol.encode_parameter_status(name, value)
                     self.parameters[name] = value
                     relay.append(raw)
                 elif type_ == b"K":

@@ -1,7 +1,8 @@
 """What ``SHOW`` answers on Aurora DSQL, where it differs from the embedded PostgreSQL.
 
 DSQL reports ``server_version`` 16.15 (observed) whatever PostgreSQL 16 minor release the emulator
-embeds, so ``SHOW server_version`` and ``SHOW server_version_num`` are answered here. Parameters
+embeds, so ``SHOW server_version`` and ``SHOW server_version_num`` are answered here, and the
+startup ParameterStatus is rewritten with `REPORTED_PARAMETERS`. Parameters
 DSQL does not know (``lc_collate``) and parameters it refuses to ``SET`` are dialect rules
 (rules.yaml); this module only holds the values DSQL reports.
 
@@ -26,6 +27,8 @@ SHOW_VALUES: dict[str, str] = {
     "server_version": SERVER_VERSION,
     "server_version_num": SERVER_VERSION_NUM,
 }
+# ParameterStatus values the client is told at startup instead of PostgreSQL's (backend.py).
+REPORTED_PARAMETERS: dict[str, str] = {"server_version": SERVER_VERSION}
 
 
 def show_reply(stmt: Statement) -> Synthetic | None:
