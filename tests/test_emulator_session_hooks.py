@@ -246,3 +246,35 @@ def test_copy_through_hooks(hooked: Any) -> None:
         with cur.copy("COPY (SELECT 1) TO STDOUT") as copy:
             out = b"".join(bytes(chunk) for chunk in copy)
         assert out == b"1\n"
+
+
+class Seen:
+    """Records what `before` is told about the transaction."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[str, bool]] = []
+
+    async def before(self, stmt: Statement, ctx: StatementContext) -> None:
+        self.log.append((stmt.text, ctx.in_transaction))
+
+
+def test_hooks_see_the_block_end_after_a_failed_transaction(wire_server: Start) -> None:
+    seen = Seen()
+    server = wire_server(hooks=[seen, Refuse(), Events()])
+    with psycopg.connect(**server.conninfo(), autocommit=True) as conn:
+        for extended in (False, True):
+            _simple(conn, "BEGIN") if not extended else conn.execute("BEGIN", prepare=True)
+            with pytest.raises(pge.FeatureNotSupported):
+                conn.execute(
+                    "TRUNCATE t" if not extended else "TRUNCATE t -- %s", [1] if extended else None
+                )
+            if extended:
+                assert conn.execute("COMMIT", prepare=True).statusmessage == "ROLLBACK"
+                conn.execute("SELECT %s::text", ["after-ext"])
+            else:
+                assert _simple(conn, "COMMIT").command_status == b"ROLLBACK"
+                _simple(conn, "SELECT 'after-simple'")
+    flags = dict(seen.log)
+    assert flags["SELECT 'after-simple'"] is False
+    assert flags["SELECT $1::text"] is False
+    assert any(text.startswith("TRUNCATE") and inside for text, inside in seen.log)

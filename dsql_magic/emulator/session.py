@@ -168,6 +168,19 @@ class Session:
         )
         self.limit = cluster.settings.max_message_bytes
 
+    @property
+    def state(self) -> protocol.SessionState:
+        """Where the session is in the protocol (derived from what it tracks)."""
+        if self.closing:
+            return protocol.SessionState.CLOSED
+        if self.ctx is None:
+            return protocol.SessionState.AUTHENTICATING
+        if self.copy_in.is_set():
+            return protocol.SessionState.COPY_IN
+        if self.discard:
+            return protocol.SessionState.DISCARD_UNTIL_SYNC
+        return protocol.SessionState.READY
+
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -587,8 +600,8 @@ class Session:
             if t == b"X":
                 return
             raw = fb.raw(start, end)
-            if self.discard and t != b"S":
-                continue
+            if t != b"S" and self.state is protocol.SessionState.DISCARD_UNTIL_SYNC:
+                continue  # after our refusal in the extended protocol, as PostgreSQL does
             if t in (b"d", b"c", b"f", b"H"):
                 batch.append(raw)
             elif t == b"Q":
@@ -615,7 +628,9 @@ class Session:
 
     async def _on_query(self, sql: str, raw: bytes) -> None:
         stmts = [s for s in split_statements(sql) if s.kind is not StatementKind.EMPTY]
-        if not stmts or (self.status == b"E" and not self.h_after_end):
+        ends_block = any(s.transaction_kind is not None for s in stmts)
+        if not stmts or (self.status == b"E" and not ends_block):
+            # In a failed block PostgreSQL answers 25P02 itself; hooks have nothing to decide.
             self._expect(_Unit(UnitKind.QUERY))
             self._send(raw)
             return
