@@ -357,3 +357,26 @@ def test_index_example(admin: psycopg.Connection[Any]) -> None:
     with pytest.raises(psycopg.Error) as info:
         admin.execute("CREATE INDEX test_index2 on idx_test.departments(manager)")
     assert info.value.diag.message_primary == "unsupported mode. please use CREATE INDEX ASYNC."
+
+
+def test_estimated_row_count_recipe(admin: psycopg.Connection[Any]) -> None:
+    """L2497-2510: ``SELECT reltuples FROM pg_class WHERE relname = 'table_name'``."""
+    import time
+
+    _script(
+        admin,
+        """
+        CREATE TABLE est_rows (id int PRIMARY KEY, v text);
+        INSERT INTO est_rows SELECT g, 'x' FROM generate_series(1, 2000) g
+        """,
+    )
+    deadline = time.monotonic() + 60  # background ANALYZE runs every few seconds
+    estimate = -1.0
+    while time.monotonic() < deadline:
+        (estimate,) = admin.execute(
+            "SELECT reltuples FROM pg_class WHERE relname = 'est_rows'"
+        ).fetchone() or (-1.0,)
+        if estimate > 0:
+            break
+        time.sleep(0.5)
+    assert estimate == 2000
