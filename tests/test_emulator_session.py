@@ -247,3 +247,21 @@ def test_multi_statement_query_is_one_implicit_transaction(wire_server: Start) -
                 cur.execute(b"INSERT INTO wire_multi VALUES (2); SELECT count(*) FROM wire_multi")
                 assert cur.statusmessage == "INSERT 0 1"
                 assert cur.nextset() and cur.fetchone() == (1,)
+
+
+def test_backend_death_ends_only_that_session(wire_server: Start) -> None:
+    server = wire_server()
+    with (
+        psycopg.connect(**server.conninfo(), autocommit=True) as victim,
+        psycopg.connect(**server.conninfo(), autocommit=True) as other,
+    ):
+        row = victim.execute("SELECT pg_backend_pid()").fetchone()
+        assert row is not None
+        engine = server.env.engine
+        with psycopg.connect(**engine.connect_kwargs(), autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", [row[0]])
+        with pytest.raises(psycopg.OperationalError):
+            victim.execute("SELECT 1")
+        assert other.execute("SELECT 2").fetchone() == (2,)
+    with psycopg.connect(**server.conninfo(), autocommit=True) as fresh:
+        assert fresh.execute("SELECT 3").fetchone() == (3,)
