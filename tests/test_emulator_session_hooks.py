@@ -7,6 +7,7 @@ inside and outside transaction blocks, and in pipeline mode, against a real Post
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -278,3 +279,27 @@ def test_hooks_see_the_block_end_after_a_failed_transaction(wire_server: Start) 
     assert flags["SELECT 'after-simple'"] is False
     assert flags["SELECT $1::text"] is False
     assert any(text.startswith("TRUNCATE") and inside for text, inside in seen.log)
+
+
+def test_many_concurrent_clients(hooked: Any) -> None:
+    server, _ = hooked
+    errors: list[BaseException] = []
+
+    def client(n: int) -> None:
+        try:
+            with psycopg.connect(**server.conninfo(), autocommit=True) as conn:
+                for i in range(20):
+                    assert conn.execute("SELECT %s::int * 2", [i]).fetchone() == (i * 2,)
+                    assert conn.execute("SHOW dsql_test_answer").fetchone() == ("42",)
+                conn.execute("INSERT INTO hook_rows VALUES (%s)", [1000 + n])
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    with psycopg.connect(**server.conninfo(), autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM hook_rows WHERE id >= 1000").fetchone() == (32,)
