@@ -355,3 +355,18 @@ def test_object_counts_at_dsql_numbers(tmp_path_factory: pytest.TempPathFactory)
         _run(engine, scenario)
     finally:
         engine.stop()
+
+
+def test_create_table_with_too_many_unique_constraints(dialect_engine: Engine) -> None:
+    n = limits.MAX_INDEXES_PER_TABLE
+
+    async def scenario(s: HookSession) -> None:
+        cols = ", ".join(f"c{i} int UNIQUE" for i in range(n - 1))
+        await s.run(f"CREATE TABLE uniq_ok (id int PRIMARY KEY, {cols})")  # 24 indexes
+        err = await _fails(s, f"CREATE TABLE uniq_bad (id int PRIMARY KEY, {cols}, z int UNIQUE)")
+        assert (err.sqlstate, err.message) == (
+            "54000",
+            "more than 24 indexes per table are not allowed",
+        )
+
+    _run(dialect_engine, scenario)

@@ -84,6 +84,18 @@ def _is_analyze(stmt: Statement) -> bool:
     return stmt.node_name == "vacuum_stmt" and not stmt.inner.is_vacuumcmd
 
 
+def _create_table_indexes(create: Any) -> int:
+    """How many indexes a CREATE TABLE makes: its PRIMARY KEY and UNIQUE constraints."""
+    kinds = (pb.CONSTR_PRIMARY, pb.CONSTR_UNIQUE)
+    count = 0
+    for elt in create.table_elts:
+        if elt.WhichOneof("node") == "constraint":
+            count += elt.constraint.contype in kinds
+        elif elt.WhichOneof("node") == "column_def":
+            count += sum(c.constraint.contype in kinds for c in elt.column_def.constraints)
+    return count
+
+
 def _qualified(rangevar: Any) -> tuple[str | None, str]:
     return (rangevar.schemaname or None, rangevar.relname)
 
@@ -218,6 +230,8 @@ class TransactionRules:
             if int(count) >= lim.max_schemas:
                 raise self._error("schema-count")
         elif name == "create_stmt" and not inner.if_not_exists:
+            if _create_table_indexes(inner) > lim.max_indexes:
+                raise self._error("index-count")
             count = await self._scalar(
                 ctx,
                 "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
