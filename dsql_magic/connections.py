@@ -15,8 +15,10 @@ passed only as the ``password`` keyword.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import select
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -42,6 +44,40 @@ _CLUSTER_ID_RE = re.compile(r"^[a-z0-9]{10,64}$")
 RECONNECT_MARGIN_SECONDS = 120
 APPLICATION_NAME = f"dsql-magic/{__version__}"
 _VERIFYING = frozenset({"verify-ca", "verify-full"})
+
+
+def resolve_sslrootcert(value: str | None) -> str | None:
+    """A CA setting libpq can actually use; ``system`` becomes a real CA bundle file.
+
+    libpq's ``sslrootcert=system`` loads OpenSSL's default paths, and the OpenSSL inside the
+    psycopg-binary wheels points at a directory that does not exist on users' machines (e.g.
+    ``/usr/lib/psycopg-openssl``), so verification would always fail. Unless ``SSL_CERT_FILE`` /
+    ``SSL_CERT_DIR`` say where the roots are (OpenSSL honours them), use the bundle Python's
+    own ``ssl`` module trusts, else certifi's, else botocore's.
+    """
+    if value != "system" or os.environ.get("SSL_CERT_FILE") or os.environ.get("SSL_CERT_DIR"):
+        return value
+    for candidate in _ca_bundles():
+        if candidate and os.path.isfile(candidate):
+            return candidate
+    return value
+
+
+def _ca_bundles() -> list[str | None]:
+    paths: list[str | None] = [ssl.get_default_verify_paths().cafile]
+    try:
+        import certifi
+
+        paths.append(certifi.where())
+    except ImportError:
+        pass
+    try:
+        import botocore
+
+        paths.append(os.path.join(os.path.dirname(botocore.__file__), "cacert.pem"))
+    except ImportError:
+        pass
+    return paths
 
 
 @dataclass(frozen=True)
@@ -264,7 +300,7 @@ class DsqlConnection:
         }
         # libpq refuses sslrootcert=system with a weaker sslmode; "system" is only our default.
         if t.sslrootcert and not (t.sslrootcert == "system" and t.sslmode not in _VERIFYING):
-            kwargs["sslrootcert"] = t.sslrootcert
+            kwargs["sslrootcert"] = resolve_sslrootcert(t.sslrootcert)
         if t.hostaddr:
             kwargs["hostaddr"] = t.hostaddr
         try:

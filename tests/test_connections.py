@@ -12,6 +12,7 @@ from dsql_magic.connections import (
     Endpoint,
     parse_target,
     region_from_host,
+    resolve_sslrootcert,
 )
 from dsql_magic.errors import NotConnected, UsageProblem
 
@@ -109,3 +110,15 @@ def test_registry_current_use_close() -> None:
     ]
     reg.close_all()
     assert len(reg) == 0 and reg.current is None
+
+
+def test_system_roots_resolve_to_a_real_bundle(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    resolved = resolve_sslrootcert("system")
+    assert resolved is not None and resolved != "system"
+    with open(resolved) as f:
+        assert "BEGIN CERTIFICATE" in f.read()
+    assert resolve_sslrootcert("/my/ca.pem") == "/my/ca.pem"
+    monkeypatch.setenv("SSL_CERT_FILE", "/etc/custom.pem")
+    assert resolve_sslrootcert("system") == "system"  # OpenSSL honours the variable itself

@@ -241,3 +241,15 @@ def test_url_target(pg_server: PgServer, magic: Any, dsql: Any) -> None:
     magic(line=f"connect {url} {rest}")
     assert magic("SELECT current_user AS u")["u"][0] == "analyst"
     assert dsql.registry.get("viaurl").target.port == pg_server.port
+
+
+def test_system_roots(pg_server: PgServer, magic: Any, monkeypatch: Any) -> None:
+    line = pg_server.connect_line().replace(f"--sslrootcert {pg_server.ca_file}", "")
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    with pytest.raises(ConnectionFailed) as info:  # our test CA is not a system root
+        magic(line=f"connect {line} --name sys1")
+    assert "TLS" in (info.value.hint or "")
+    monkeypatch.setenv("SSL_CERT_FILE", str(pg_server.ca_file))  # now it is
+    magic(line=f"connect {line} --name sys2")
+    assert magic("SELECT 1 AS x")["x"][0] == 1
