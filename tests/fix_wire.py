@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -126,10 +128,13 @@ class WireServer:
 
 @pytest.fixture(scope="session")
 def wire_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WireEnv]:
-    data_dir = tmp_path_factory.mktemp("wire-engine") / "data"
-    engine = Engine(data_dir, remove_on_stop=True)
-    engine.start()
+    # Not under pytest's basetemp: every pytest process that starts chmods /tmp/pytest-of-<user>
+    # back to 0700, which locks PostgreSQL's unprivileged user (we run as root) out of a data dir
+    # below it whenever another pytest runs at the same time (initdb then aborts).
+    root = Path(tempfile.mkdtemp(prefix="dsql-wire-"))
+    engine = Engine(root / "data", remove_on_stop=True)
     try:
+        engine.start()
         account = LocalAccount.generate()
         endpoint = f"{account.cluster_id}.dsql.{REGION}.on.aws"
         tls_dir = tmp_path_factory.mktemp("wire-tls")
@@ -137,6 +142,7 @@ def wire_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WireEnv]:
         yield WireEnv(engine, files.ca_cert, account, tls_dir)
     finally:
         engine.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

@@ -7,10 +7,13 @@ inside and outside transaction blocks, and in pipeline mode, against a real Post
 
 from __future__ import annotations
 
+import asyncio
+import ssl
 import threading
 from collections.abc import Callable
 from typing import Any
 
+import asyncpg
 import psycopg
 import pytest
 from psycopg import errors as pge
@@ -303,3 +306,31 @@ def test_many_concurrent_clients(hooked: Any) -> None:
     assert not errors, errors
     with psycopg.connect(**server.conninfo(), autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM hook_rows WHERE id >= 1000").fetchone() == (32,)
+
+
+def test_portal_suspended_with_row_limits(hooked: Any) -> None:
+    """asyncpg cursors fetch with Execute row limits (PortalSuspended) through `after` hooks."""
+    server, _ = hooked
+
+    async def run() -> list[int]:
+        ctx = ssl.create_default_context(cafile=str(server.env.ca_cert))
+        conn = await asyncpg.connect(
+            host="localhost",
+            port=server.port,
+            user="admin",
+            database="postgres",
+            password=server.token(),
+            ssl=ctx,
+        )
+        try:
+            got: list[int] = []
+            async with conn.transaction():
+                cur = await conn.cursor("SELECT g FROM generate_series(1, 10) g")
+                got += [r[0] for r in await cur.fetch(4)]
+                got += [r[0] for r in await cur.fetch(4)]
+                got += [r[0] for r in await cur.fetch(4)]
+            return got
+        finally:
+            await conn.close()
+
+    assert asyncio.run(run()) == list(range(1, 11))

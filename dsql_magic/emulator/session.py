@@ -725,7 +725,7 @@ class Session:
                 await self._end_transaction(committed=False)
             return False
         tag = unit.tag or ""
-        if self.h_after and unit.hold_complete:
+        if self.h_after and unit.hold_complete and unit.tag is not None:
             try:
                 await self._run_after(stmt, tag)
             except DsqlError as err:
@@ -971,9 +971,9 @@ class Session:
                 self._send_synthetic(b"".join(unit.buffered))
         if not hold:
             return
-        if unit.skipped or unit.error is not None:
-            return
-        tag = unit.tag or ""
+        if unit.skipped or unit.error is not None or unit.tag is None:
+            return  # failed, or suspended (row limit) / empty: no CommandComplete to follow
+        tag = unit.tag
         try:
             await self._run_after(stmt, tag)
         except DsqlError as err:
