@@ -150,3 +150,18 @@ def test_startup_reports_dsql_server_version(emulator_conninfo: ConnInfo) -> Non
     with _connect(emulator_conninfo) as conn:
         assert conn.info.parameter_status("server_version") == "16.15"
         assert conn.info.server_version == 160015
+
+
+def test_copy_from_stdin_obeys_the_row_limit(emulator_conninfo: ConnInfo) -> None:
+    n = limits.MAX_ROWS_PER_TRANSACTION
+    with _connect(emulator_conninfo) as conn:
+        conn.execute("CREATE TABLE e2e_copy (id int PRIMARY KEY)")
+        with conn.cursor().copy("COPY e2e_copy (id) FROM STDIN") as copy:
+            for i in range(n):
+                copy.write_row((i,))
+        with pytest.raises(psycopg.Error) as info:  # noqa: SIM117
+            with conn.cursor().copy("COPY e2e_copy (id) FROM STDIN") as copy:
+                for i in range(n + 1):
+                    copy.write_row((n + i,))
+        assert info.value.diag.message_primary == "transaction row limit exceeded"
+        assert conn.execute("SELECT count(*) FROM e2e_copy").fetchone() == (n,)
