@@ -117,6 +117,34 @@ def per_statement_ms(conn: psycopg.Connection[Any], kind: str, n: int, base: int
     return (time.perf_counter() - started) * 1000.0 / n
 
 
+def hook_cpu_us(n: int) -> tuple[float, float]:
+    """The metering hook's own CPU per statement (before + after, a PK SELECT that is its own
+    transaction), against the same calls on an inert hook: microseconds, best of 5."""
+    from dsql_magic.emulator.hooks import CommandResult, QueryResult, StatementContext
+    from dsql_magic.emulator.statements import split_statements
+
+    class _Cluster:
+        catalog_version = 0
+
+    async def no_sql(sql: str, params: Sequence[object] = ()) -> list[QueryResult]:
+        return []
+
+    stmt = split_statements("SELECT * FROM bench_meter WHERE id = 5")[0]
+    result = CommandResult("SELECT 1")
+
+    async def loop(hook: Any) -> float:
+        ctx = StatementContext(session_id=1, user="admin", cluster=_Cluster(), executor=no_sql)  # type: ignore[arg-type]
+        started = time.perf_counter()
+        for _ in range(n):
+            await hook.before(stmt, ctx)
+            await hook.after(stmt, result, ctx)
+        return (time.perf_counter() - started) * 1e6 / n
+
+    metered = min(asyncio.run(loop(MeteringHook())) for _ in range(5))
+    inert = min(asyncio.run(loop(InertHook())) for _ in range(5))
+    return metered, inert
+
+
 def run(quick: bool = False) -> str:
     n = 200 if quick else 1000
     rounds = 3 if quick else 7
@@ -166,18 +194,30 @@ def run(quick: bool = False) -> str:
     for name in configs:
         lines.append(f"| {name} | {best[(name, 'select')]:.3f} | {best[(name, 'insert')]:.3f} |")
     lines.append("")
+    metered_us, inert_us = hook_cpu_us(2000 if quick else 20000)
+    select_us = min(best[(name, "select")] for name in configs) * 1000.0
+    share = (metered_us - inert_us) / select_us
+    verdict = "met" if share < TARGET else "NOT met"
+    lines.append(
+        f"- **metering's cost per statement: {metered_us - inert_us:.1f} µs of CPU** "
+        f"({metered_us:.1f} µs vs {inert_us:.1f} µs for an inert hook, measured alone), "
+        f"**{share * 100:.1f}%** of the fastest PK SELECT through the front "
+        f"(target < {TARGET * 100:.0f}%): {verdict}"
+    )
     for kind in ("select", "insert"):
         own = best[("inert + metering", kind)] / best[("inert hooks", kind)] - 1.0
         alone = best[("metering", kind)] / best[("no hooks", kind)] - 1.0
-        verdict = "met" if own < TARGET else "NOT met"
         lines.append(
-            f"- {kind.upper()}: metering's own overhead (inert + metering vs inert) "
-            f"**{own * 100:+.1f}%** (target < {TARGET * 100:.0f}%): {verdict}; "
-            f"metering as the only hook vs no hooks: {alone * 100:+.1f}% "
-            "(includes the session's hook machinery)"
+            f"- end to end, {kind.upper()}: inert + metering vs inert {own * 100:+.1f}%; "
+            f"metering alone vs no hooks {alone * 100:+.1f}% (includes the session's hook "
+            "machinery: held CommandComplete, autocommit writes wrapped)"
         )
-    spread = statistics.pstdev(results[("no hooks", "select")]) / best[("no hooks", "select")]
-    lines.append(f"- round-to-round spread (no hooks, SELECT): {spread * 100:.1f}% of the best")
+    spreads = [statistics.pstdev(v) / min(v) for v in results.values() if len(v) > 1 and min(v) > 0]
+    lines.append(
+        f"- round-to-round spread up to {max(spreads, default=0.0) * 100:.0f}% of the best "
+        "round: on a busy shared machine the end-to-end differences are within noise, which "
+        "is why the verdict uses the hook's measured CPU"
+    )
     return "\n".join(lines)
 
 

@@ -236,3 +236,30 @@ def test_hook_meters_statements_and_answers_sys_functions(emuexplain_engine: Eng
     assert float(total_s) == pytest.approx(float(compute_s) + float(read_s) + float(write_s))
     assert meter.cluster_totals().statements == 2
     assert meter.session_totals(42).statements == 0  # forgotten after disconnect
+
+
+def test_a_read_joins_an_open_write_transaction() -> None:
+    """``INSERT …; SELECT …`` in one query: the read joins the write's transaction."""
+    meter = m.Meter()
+    meter.record_statement(3, figures(m.Dpu(0.02, 0.001, 0.01), writes=True))
+    meter.record_statement(3, figures(m.Dpu(0.02, 0.002, 0.0), writes=False), ends_transaction=True)
+    assert meter.cluster_totals().transactions == 0  # still open
+    assert meter.end_transaction(3, committed=True) == m.Dpu(0.04, 0.00375, 0.05)
+    assert meter.session_totals(3).transactions == 1
+
+
+def test_busy_minutes_keep_exact_sums() -> None:
+    """Past the per-minute sample cap, transactions are folded: sums and counts stay exact."""
+    clock = Clock(1_800_000_000.0)
+    meter = m.Meter(clock=clock)
+    n = 5_123
+    for i in range(n):
+        dpu = m.Dpu(0.01, 0.001 * (i % 7), 0.0)
+        meter.record_statement(1, figures(dpu, writes=False), ends_transaction=True)
+    span = (1_800_000_000.0, 1_800_000_060.0)
+    assert meter.datapoints("TotalTransactions", *span, 60, "Sum") == [(1_800_000_000, n)]
+    reads = sum(max(0.001 * (i % 7), m.TRANSACTION_MIN_READ_DPU) for i in range(n))
+    assert meter.datapoints("ReadDPU", *span, 60, "Sum")[0][1] == pytest.approx(reads)
+    assert meter.datapoints("ReadDPU", *span, 60, "Maximum")[0][1] == pytest.approx(0.006)
+    assert meter.datapoints("ReadDPU", *span, 60, "SampleCount")[0][1] == n
+    assert meter.cluster_totals().read == pytest.approx(reads)

@@ -25,10 +25,11 @@ from __future__ import annotations
 import math
 import threading
 import time
-from array import array
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from .statements import StatementKind
 
 if TYPE_CHECKING:
     from .hooks import CommandResult, StatementContext, Synthetic
@@ -55,9 +56,13 @@ TRANSACTION_MIN_WRITE_DPU = 0.05
 DECIMALS = 5
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Work:
-    """What a statement did, in the model's terms (all counts summed over loops)."""
+    """What a statement did, in the model's terms (all counts summed over loops).
+
+    Value objects: treat as immutable (not frozen only because frozen construction costs
+    microseconds on every metered statement).
+    """
 
     execution_ms: float = 0.0
     storage_requests: int = 0
@@ -68,7 +73,7 @@ class Work:
     processed: bool = True  # False: never reached the query processor (no compute charged)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Dpu:
     """Compute, Read and Write DPUs; Total is their sum (as the manual defines it)."""
 
@@ -162,10 +167,11 @@ METRICS = (
 )
 MINUTE = 60
 RETENTION_MINUTES = 6 * 60  # per-minute metrics kept six hours (memory stays bounded)
-_MAX_SAMPLES = 2000  # values kept per metric and minute (statistics exact up to this)
+_MAX_SAMPLES = 2000  # transactions kept whole per minute (statistics exact up to this)
+_FOLD_BATCH = 500  # later transactions are folded into aggregates this many at a time
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StatementFigures:
     """One metered statement: its DPUs (statement level, no minimums) and its work."""
 
@@ -176,7 +182,7 @@ class StatementFigures:
     writes: bool
 
 
-@dataclass
+@dataclass(slots=True)
 class Totals:
     """Accumulated figures: transaction-level DPUs (minimums applied) and counts."""
 
@@ -248,40 +254,53 @@ class _Stat:
 
 
 class _Minute:
-    """One minute of metrics: per metric, the values of its first `_MAX_SAMPLES` transactions
-    (appending to an array is the cheapest record), then an aggregate for the rest."""
+    """One minute of metrics, one row per transaction (a value per metric, None for "no
+    sample"). The first `_MAX_SAMPLES` rows are kept whole (exact statistics, percentiles);
+    later ones are folded into per-metric aggregates in batches, so recording stays one append.
+    """
 
-    __slots__ = ("spill", "values")
+    __slots__ = ("folded", "pending", "rows")
 
     def __init__(self) -> None:
-        self.values = [array("d") for _ in METRICS]
-        self.spill: list[_Stat | None] = [None] * len(METRICS)
+        self.rows: list[Sequence[float | None]] = []
+        self.pending: list[Sequence[float | None]] = []
+        self.folded: list[_Stat | None] = [None] * len(METRICS)
 
     def add_row(self, row: Sequence[float | None]) -> None:
-        for i, value in enumerate(row):
-            if value is None:
+        if len(self.rows) < _MAX_SAMPLES:
+            self.rows.append(row)
+            return
+        self.pending.append(row)
+        if len(self.pending) >= _FOLD_BATCH:
+            self.fold()
+
+    def fold(self) -> None:
+        for i, column in enumerate(zip(*self.pending, strict=True)):
+            values = [v for v in column if v is not None]
+            if not values:
                 continue
-            values = self.values[i]
-            if len(values) < _MAX_SAMPLES:
-                values.append(value)
-            else:
-                spill = self.spill[i]
-                if spill is None:
-                    spill = self.spill[i] = _Stat()
-                spill.add(value)
+            stat = self.folded[i]
+            if stat is None:
+                stat = self.folded[i] = _Stat()
+            stat.total += math.fsum(values)
+            stat.count += len(values)
+            stat.minimum = min(stat.minimum, min(values))
+            stat.maximum = max(stat.maximum, max(values))
+        self.pending.clear()
 
     def stat(self, index: int) -> _Stat:
+        self.fold()
         out = _Stat()
-        values = self.values[index]
+        values = [v for r in self.rows if (v := r[index]) is not None]
         if values:
             out.total = math.fsum(values)
             out.count = len(values)
             out.minimum = min(values)
             out.maximum = max(values)
-            out.samples = list(values)
-        spill = self.spill[index]
-        if spill is not None:
-            out.merge(spill)
+            out.samples = values
+        folded = self.folded[index]
+        if folded is not None:
+            out.merge(folded)
         return out
 
 
@@ -340,9 +359,47 @@ class Meter:
         if not self.enabled:
             return
         with self._lock:
+            if ends_transaction and session_id not in self._pending:
+                self._record_own(session_id, figures)
+                return
+            # With a transaction open (e.g. a write earlier in the same multi-statement query),
+            # the statement joins it; that transaction's end closes both.
             self._record(session_id, figures)
-            if ends_transaction:
-                self._end(session_id, committed=True, commit_latency_ms=None, occ_conflict=False)
+
+    def _record_own(self, session_id: int, f: StatementFigures) -> None:
+        """The common case, kept cheap: a statement that is a whole committed transaction."""
+        dpu = f.dpu
+        compute, read, write = dpu.compute, dpu.read, dpu.write
+        if f.reads and read < TRANSACTION_MIN_READ_DPU:
+            read = TRANSACTION_MIN_READ_DPU
+        if f.writes and write < TRANSACTION_MIN_WRITE_DPU:
+            write = TRANSACTION_MIN_WRITE_DPU
+        self._last[session_id] = f
+        session = self._sessions.get(session_id)
+        if session is None:
+            session = self._sessions[session_id] = Totals()
+        for totals in (session, self._cluster):
+            totals.compute += compute
+            totals.read += read
+            totals.write += write
+            totals.statements += 1
+            totals.transactions += 1
+        work = f.work
+        self._minute().add_row(
+            (
+                compute + read + write,
+                read,
+                write,
+                compute,
+                1.0,
+                None if f.writes else 1.0,
+                None,
+                None,
+                float(work.bytes_read),
+                float(work.bytes_written),
+                work.execution_ms,
+            )
+        )
 
     def _record(self, session_id: int, figures: StatementFigures) -> None:
         pending = self._pending.setdefault(session_id, _Pending())
@@ -422,7 +479,7 @@ class Meter:
     def _occ(self) -> None:
         row: list[float | None] = [None] * len(METRICS)
         row[_INDEX["OccConflicts"]] = 1.0
-        self._minute().add_row(row)
+        self._minute().add_row(tuple(row))
 
     def close_session(self, session_id: int) -> None:
         """Forget a disconnected session (its open transaction, if any, rolled back)."""
@@ -598,10 +655,14 @@ def _target_table(stmt: Statement) -> str | None:
     return name
 
 
+_TRANSACTIONAL_KINDS = frozenset({StatementKind.DML, StatementKind.DDL, StatementKind.TRANSACTION})
+_UNMETERED_KINDS = frozenset({StatementKind.TRANSACTION, StatementKind.EMPTY, StatementKind.IAM})
+
+
 def _own_transaction(stmt: Statement, ctx: StatementContext) -> bool:
     """Read-only statements outside a block run without a transaction of the session's: no
     after_end follows, so they are their own transaction."""
-    return not ctx.in_transaction and stmt.kind.value not in {"dml", "ddl", "transaction"}
+    return not ctx.in_transaction and stmt.kind not in _TRANSACTIONAL_KINDS
 
 
 class MeteringHook:
@@ -637,18 +698,23 @@ class MeteringHook:
         started = ctx.session.pop("dpu_started", None)
         if ctx.session.pop(SKIP_NEXT, None) is stmt:
             return  # answered by a hook (sys functions, EXPLAIN) that metered it already
-        kind = stmt.kind.value
-        if kind in {"transaction", "empty", "iam"} or stmt.command in _CHEAP_COMMANDS:
+        kind = stmt.kind
+        if kind in _UNMETERED_KINDS or stmt.command in _CHEAP_COMMANDS:
             self._maybe_end(stmt, ctx)
             return
         elapsed_ms = (time.perf_counter() - started) * 1000.0 if started is not None else 0.0
-        work = await self._work(stmt, result, ctx, elapsed_ms)
-        writes = kind in {"dml", "ddl"}
+        if kind is StatementKind.QUERY:  # the common case, without a coroutine
+            rows = result.rows_affected or 0
+            work = Work(elapsed_ms, 1, rows, rows * DEFAULT_ROW_BYTES)
+        else:
+            work = await self._work(stmt, result, ctx, elapsed_ms)
+        writes = kind is StatementKind.DML or kind is StatementKind.DDL
         figures = StatementFigures(
             stmt.command, estimate(work), work, reads=work.storage_requests > 0, writes=writes
         )
-        own = _own_transaction(stmt, ctx)
-        self.meter(ctx).record_statement(ctx.session_id, figures, ends_transaction=own)
+        own = not ctx.in_transaction and kind not in _TRANSACTIONAL_KINDS
+        meter = self._meter if self._meter is not None else self.meter(ctx)
+        meter.record_statement(ctx.session_id, figures, ends_transaction=own)
 
     def _maybe_end(self, stmt: Statement, ctx: StatementContext) -> None:
         if _own_transaction(stmt, ctx):
@@ -658,11 +724,11 @@ class MeteringHook:
         self, stmt: Statement, result: CommandResult, ctx: StatementContext, elapsed_ms: float
     ) -> Work:
         rows = result.rows_affected or 0
-        if stmt.kind.value == "query" or stmt.command == "COPY":
+        if stmt.kind is StatementKind.QUERY or stmt.command == "COPY":
             data_bytes = getattr(result, "data_bytes", None)
             nbytes = int(data_bytes) if data_bytes is not None else rows * DEFAULT_ROW_BYTES
             return Work(elapsed_ms, 1, rows, nbytes)
-        if stmt.kind.value == "dml":
+        if stmt.kind is StatementKind.DML:
             facts = await self._table_facts(stmt, ctx)
             written = rows * (1 + facts.secondary_indexes)
             nbytes = rows * facts.row_bytes + rows * facts.secondary_indexes * INDEX_ENTRY_BYTES
