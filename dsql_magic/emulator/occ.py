@@ -85,7 +85,7 @@ BOOL_OID = 16
 # How long a replay at COMMIT may wait for a holder we are taking the row from.
 _REPLAY_TIMEOUT_MS = 1000
 QUERY_CANCELED = "57014"
-_PROBE_MS = 100  # how long a probe waits for a lock while we look at who holds it
+_PROBE_MS = 60  # how long a probe waits for a lock while we look at who holds it
 _LOST_STATES = frozenset(
     {SERIALIZATION_FAILURE, LOCK_NOT_AVAILABLE, UNIQUE_VIOLATION, QUERY_CANCELED}
 )
