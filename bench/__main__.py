@@ -51,7 +51,6 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(names) - set(discover()))
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; known: {discover()}")
-    text = RESULTS.read_text() if RESULTS.exists() else HEADER
     for name in names:
         module = importlib.import_module(f"bench.bench_{name}")
         print(f"== {name}{' (quick)' if args.quick else ''}", flush=True)
@@ -64,8 +63,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{platform.machine()}_"
         )
         print(section, flush=True)
-        text = update(text, name, section + stamp)
-        RESULTS.write_text(text)
+        # Re-read right before writing: other benchmarks may have written meanwhile.
+        text = RESULTS.read_text() if RESULTS.exists() else HEADER
+        RESULTS.write_text(update(text, name, section + stamp))
     return 0
 
 
