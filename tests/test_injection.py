@@ -19,6 +19,7 @@ from dsql_magic.emulator.injection import (
     make_settings,
     parse_spec,
 )
+from tests.fix_shell import Magic
 
 ConnInfo = Callable[..., dict[str, Any]]
 
@@ -119,3 +120,29 @@ def test_switch_at_start(tmp_path: Path) -> None:
             assert conn.execute("SELECT count(*) FROM hot").fetchone() == (0,)
     finally:
         emu.stop()
+
+
+@pytest.mark.emulator
+@pytest.mark.timeout(180)
+def test_magic_retries_injected_conflicts(magic: Magic) -> None:
+    """The core OCC retry of ``%%dsql`` against the emulator, driven by seeded injection."""
+    from dsql_magic.emulator import magic_support
+
+    magic_support.stop()
+    magic(line="connect --emulator --ephemeral")
+    try:
+        magic("CREATE TABLE retried (id int PRIMARY KEY)")
+        magic("SELECT 1 FROM retried")  # settle OC001 from the CREATE
+    except Exception:
+        magic("SELECT 1 FROM retried")
+    try:
+        magic("SELECT sys.inject_conflicts(0.5, 'retried', 11)")
+        notes = [repr(magic(f"INSERT INTO retried VALUES ({i})")) for i in range(8)]
+        state = magic("SELECT sys.inject_conflicts()")
+        injected = int(str(state.iloc[0, 0]).rsplit(";", 1)[1].split()[0])
+        assert injected > 0
+        assert any("succeeded after" in n for n in notes)
+        magic("SELECT sys.inject_conflicts(0)")
+        assert magic("SELECT count(*) AS n FROM retried")["n"][0] == 8
+    finally:
+        magic_support.stop()

@@ -10,6 +10,7 @@ by `parse_spec`) and at run time from any connection::
 
     SELECT sys.inject_conflicts(0.3, 'accounts', 7);   -- rate, tables (comma list or NULL), seed
     SELECT sys.inject_conflicts(0);                     -- off
+    SELECT sys.inject_conflicts();                      -- the settings, and how many so far
 
 The OCC hook answers that call (it never reaches PostgreSQL). This module holds the settings and
 the draws only: no SQL, no session, no I/O.

@@ -291,7 +291,10 @@ class OccHook:
     def _configure_injection(self, call: Any) -> Synthetic:
         try:
             args = [_const(a) for a in call.args]
-            if not 1 <= len(args) <= 3:
+            if not args:  # no arguments: report the settings and what was injected so far
+                text = f"{self.injector.settings.describe()}; {self.injector.injected} injected"
+                return Synthetic(["inject_conflicts"], [[text]], "SELECT 1")
+            if len(args) > 3:
                 raise InjectionSpecError("use sys.inject_conflicts(rate [, tables [, seed]])")
             rate = float(args[0] or 0.0)  # type: ignore[arg-type]
             tables_arg = args[1] if len(args) > 1 else None
@@ -302,6 +305,7 @@ class OccHook:
         except (InjectionSpecError, TypeError, ValueError) as exc:
             raise DsqlError("22023", str(exc), hint=_INJECT_HINT) from exc
         self.injector.configure(settings)
+        self.injector.injected = 0
         return Synthetic(["inject_conflicts"], [[settings.describe()]], "SELECT 1")
 
     async def _plausible_reply(
