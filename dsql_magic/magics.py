@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import os
 import re
 import shlex
@@ -242,6 +243,8 @@ class DsqlMagic(Magics):
         word, _, rest = line.strip().partition(" ")
         if word in SUBCOMMANDS:
             return resolve_handler(word)(self, rest.strip(), cell)
+        if line.strip() in ("--help", "-h", "help"):
+            return Message(inspect.cleandoc(self.dsql.__doc__ or _USAGE))
         if cell is None:
             if not line.strip():
                 return Message(_USAGE)

@@ -199,6 +199,8 @@ def test_help_and_usage(ip: InteractiveShell, magic: Any) -> None:
     for word in ("connect", "connections", "use", "close", "clusters", "--readonly", "--no-retry"):
         assert word in doc
     assert isinstance(magic(line=""), Message)
+    full = magic(line="--help")
+    assert isinstance(full, Message) and "%dsql connect" in full.text and "--readonly" in full.text
     help_msg = magic(line="connect --help")
     assert isinstance(help_msg, Message) and "--sslrootcert" in help_msg.text
     with pytest.raises(UsageProblem):
