@@ -352,3 +352,32 @@ def test_permissive_auth_accepts_unknown_keys(tmp_path: Path) -> None:
             assert conn.execute("SELECT 1").fetchone() == (1,)
     finally:
         served.stop()
+
+
+_KERNEL = """
+import sys, time
+from dsql_magic.emulator.api import Emulator
+emu = Emulator(data_dir=sys.argv[1]).start()
+print(emu.info.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_emulator_dies_with_a_killed_kernel(tmp_path: Path) -> None:
+    """A notebook kernel killed with -9 takes its emulator and PostgreSQL with it."""
+    data = tmp_path / "data"
+    kernel = subprocess.Popen(
+        [sys.executable, "-c", _KERNEL, str(data)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert kernel.stdout is not None
+    emulator_pid = int(kernel.stdout.readline())
+    postmaster = int((data / "pgdata" / "postmaster.pid").read_text().splitlines()[0])
+    kernel.kill()
+    kernel.wait()
+    assert wait_dead(emulator_pid, 60)
+    assert wait_dead(postmaster, 60)
+    assert processes_using(data) == []

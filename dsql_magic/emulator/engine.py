@@ -267,6 +267,21 @@ class Engine:
     # --- init ----------------------------------------------------------------------------------
 
     def _initdb(self) -> None:
+        # Two attempts: as root, another process may take the search permission off a parent
+        # directory meanwhile (pytest resets its base temp dir to 0700 at every session start).
+        for attempt in (1, 2):
+            output = self._initdb_once()
+            if output is None:
+                return
+            if attempt == 1 and "Permission denied" in output and self._run_as is not None:
+                log.warning("initdb could not reach the data dir; restoring access and retrying")
+                _allow_traverse(self.data_dir)
+                continue
+            tail = output.strip().splitlines()[-5:]
+            raise EngineError("initdb failed: " + " | ".join(tail))
+
+    def _initdb_once(self) -> str | None:
+        """Run initdb on an empty pgdata; None on success, else its output."""
         if self.pgdata.exists():
             # A previous first start died before finishing; nothing of value can be in it.
             log.warning(
@@ -275,6 +290,8 @@ class Engine:
             shutil.rmtree(self.pgdata)
         self.pgdata.mkdir(mode=0o700)
         self._chown(self.pgdata)
+        if self._run_as is not None:
+            _allow_traverse(self.data_dir)
         cmd = [
             str(self.bin_dir / "initdb"),
             "-D",
@@ -295,9 +312,9 @@ class Engine:
             check=False,
             **self._as_user(),
         )
-        if result.returncode != 0:
-            tail = result.stdout.decode(errors="replace").strip().splitlines()[-5:]
-            raise EngineError("initdb failed: " + " | ".join(tail))
+        if result.returncode == 0:
+            return None
+        return result.stdout.decode(errors="replace")
 
     def _check_version(self) -> None:
         try:
@@ -352,6 +369,8 @@ class Engine:
         cmd = [str(self.bin_dir / "postgres"), "-D", str(self.pgdata)]
         for name, value in settings.items():
             cmd += ["-c", f"{name}={value}"]
+        if self._run_as is not None:
+            _allow_traverse(self.data_dir)
         self._log_file = self.log_path.open("ab")
         self._proc = subprocess.Popen(
             cmd,
