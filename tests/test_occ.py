@@ -274,3 +274,17 @@ def test_fk_insert_conflicts_with_delete_of_the_referenced_row(
     finally:
         a.close()
         b.close()
+
+
+def test_deferred_returning_answers_from_the_snapshot(pair: tuple[Any, Any], table: str) -> None:
+    a, b = pair
+    a.execute(f"UPDATE {table} SET balance = 0 WHERE id = 1")
+    rows = b.execute(
+        f"UPDATE {table} SET balance = 5 WHERE id = 1 RETURNING id, balance"
+    ).fetchall()
+    assert rows == [(1, 100)]  # no wait; the snapshot's row, typed
+    rows = b.execute(f"DELETE FROM {table} WHERE id = %s RETURNING id", (1,)).fetchall()
+    assert rows in ([(1,)], [])  # extended protocol: the row, or none if it cannot be rewritten
+    a.commit()
+    with pytest.raises(psycopg.errors.SerializationFailure):
+        b.commit()

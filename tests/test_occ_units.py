@@ -100,3 +100,19 @@ def test_bind_tail_asks_for_text_results(params: list[bytes | None], formats: li
         body += (-1).to_bytes(4, "big", signed=True) if p is None else len(p).to_bytes(4, "big") + p
     tail = body + i16(1) + i16(1)  # the client asked for binary results
     assert session._text_result_formats(tail) == body + i16(0)
+
+
+def test_returning_of_a_deferred_statement_reads_the_snapshot() -> None:
+    assert (
+        occ._returning_sql("UPDATE a SET b = b - 1 WHERE id = $1 RETURNING id, b AS bal")
+        == "SELECT id, b AS bal FROM a WHERE id = $1"
+    )
+    assert occ._returning_sql("DELETE FROM t USING u WHERE t.id = u.id RETURNING t.*") == (
+        "SELECT t.* FROM t, u WHERE t.id = u.id"
+    )
+    assert occ._returning_sql("INSERT INTO t (id) VALUES (1) RETURNING id") == (
+        "SELECT id FROM t WHERE false"
+    )
+    assert occ._returning_sql("UPDATE t SET v = 1") is None
+    # $1 would be left untyped in the rewrite: refused
+    assert occ._returning_sql("UPDATE a SET b = $1 WHERE id = $2 RETURNING id") is None

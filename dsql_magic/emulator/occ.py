@@ -35,7 +35,7 @@ A plausible answer for a deferred statement: ``UPDATE``/``DELETE`` report the nu
 WHERE matches in the snapshot (counted with the statement's own parameters; 1 if that cannot be
 evaluated); ``INSERT … VALUES`` the number of rows listed; ``SELECT … FOR UPDATE`` returns its rows
 as read from the snapshot without locking (PostgreSQL runs it, so types and formats are right);
-``RETURNING`` lists of deferred statements come back empty.
+``RETURNING`` lists of deferred statements are read from the snapshot (`_returning_sql`).
 
 Foreign keys: PostgreSQL's own FK checks take ``FOR KEY SHARE`` locks on the referenced row, so a
 delete of a row another open transaction's insert references meets a lock (deferred, decided at
@@ -160,6 +160,51 @@ def _count_sql(sql: str) -> str | None:
     if inner.HasField("where_clause"):
         select.where_clause.CopyFrom(inner.where_clause)
     return str(postgast.deparse(out))
+
+
+def _returning_sql(sql: str) -> str | None:
+    """For a deferred DML with RETURNING: its RETURNING list read from the snapshot.
+
+    ``UPDATE``/``DELETE``: the rows their WHERE matches, as they are in the snapshot (a DELETE
+    returns exactly those; an UPDATE the values before its change). ``INSERT``: no rows, with
+    the right columns. None if the statement has no RETURNING or cannot be rewritten.
+    """
+    try:
+        tree = postgast.parse(sql)
+    except postgast.PgQueryError:
+        return None
+    node = tree.stmts[0].stmt
+    kind = node.WhichOneof("node")
+    if kind not in ("update_stmt", "delete_stmt", "insert_stmt"):
+        return None
+    inner = getattr(node, kind)
+    returning = list(inner.returning_clause.exprs)
+    if not returning or inner.HasField("with_clause"):
+        return None
+    out = postgast.parse("SELECT 1 FROM x")
+    select = out.stmts[0].stmt.select_stmt
+    del select.target_list[:]
+    for item in returning:
+        select.target_list.add().CopyFrom(item)
+    del select.from_clause[:]
+    select.from_clause.add().range_var.CopyFrom(inner.relation)
+    if kind == "insert_stmt":
+        select.where_clause.CopyFrom(
+            postgast.parse("SELECT WHERE false").stmts[0].stmt.select_stmt.where_clause
+        )
+    else:
+        extra = inner.from_clause if kind == "update_stmt" else inner.using_clause
+        for item in extra:
+            select.from_clause.add().CopyFrom(item)
+        if inner.HasField("where_clause"):
+            select.where_clause.CopyFrom(inner.where_clause)
+    if _params(out) != _params(tree):
+        return None  # a parameter would be left without a type: not worth the risk
+    return str(postgast.deparse(out))
+
+
+def _params(tree: Any) -> set[int]:
+    return {int(p.number) for p in postgast.find_nodes(tree, pb.ParamRef)}
 
 
 def _values_count(stmt: Statement) -> int:
@@ -316,6 +361,9 @@ class OccHook:
             if plain is not None:
                 return Forward(plain)
             return Synthetic([], [], "SELECT 0")
+        returning = _returning_sql(bound.sql)
+        if returning is not None:
+            return Forward(returning)
         command = stmt.command
         if command == "INSERT":
             return Synthetic([], [], f"INSERT 0 {_values_count(stmt)}")
