@@ -334,3 +334,21 @@ def test_portal_suspended_with_row_limits(hooked: Any) -> None:
             await conn.close()
 
     assert asyncio.run(run()) == list(range(1, 11))
+
+
+def test_after_refusal_of_an_autocommit_read(wire_server: Start) -> None:
+    class RefuseAfter:
+        async def after(self, stmt: Statement, result: CommandResult, ctx: Any) -> None:
+            if "'refuse-after'" in stmt.text:
+                raise DsqlError("53200", "query requires too much memory.")
+
+    server = wire_server(hooks=[RefuseAfter()])
+    with psycopg.connect(**server.conninfo(), autocommit=True) as conn:
+        for params in ([1], None):  # extended (Execute+Sync in one go), then simple
+            sql = "SELECT 'refuse-after', %s" if params else "SELECT 'refuse-after'"
+            with pytest.raises(pge.OutOfMemory):
+                conn.execute(sql, params)
+            assert conn.execute("SELECT %s::int", [5]).fetchone() == (5,)
+        with conn.pipeline():
+            ok = conn.execute("SELECT %s::int", [6])
+        assert ok.fetchone() == (6,)

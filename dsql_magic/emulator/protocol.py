@@ -117,6 +117,16 @@ class FrameBuffer:
         self._pos = end
         return type_, pos, end
 
+    def peek_type(self) -> int | None:
+        """The type byte of the next frame if it is complete, without consuming it."""
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos < 5:
+            return None
+        (length,) = _I32.unpack_from(buf, pos + 1)
+        if length < 4 or len(buf) < pos + 1 + length:
+            return None
+        return buf[pos]
+
     def raw(self, start: int, end: int) -> bytes:
         return bytes(self._buf[start:end])
 

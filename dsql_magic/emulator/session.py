@@ -953,6 +953,17 @@ class Session:
         if guarded and info is not None:
             bound = BoundStatement(info.sql, info.param_types, self.bind_tails.get(msg.portal))
             self._internal_ext_nowait(f"SAVEPOINT {_GUARD}")
+        if (
+            hold
+            and not guarded
+            and stmt is not None
+            and stmt.read_only
+            and not self.explicit
+            and not self.ext_implicit
+            and self.pending_sync_next()
+        ):
+            await self._execute_read_and_sync(stmt, raw)
+            return
         unit = self._expect(_Unit(UnitKind.EXECUTE, hold_complete=hold, buffer=guarded))
         self._send(raw)
         if live and stmt is not None and _is_begin(stmt):
@@ -984,6 +995,40 @@ class Session:
         self._send_synthetic(_complete(tag))
         if stmt.transaction_kind is not None:
             await self._track_ext_transaction(stmt, unit)
+
+    def pending_sync_next(self) -> bool:
+        """True when the client's next message, already received, is Sync (psycopg, asyncpg)."""
+        fb = self._client_fb
+        return fb is not None and fb.peek_type() == ord("S")
+
+    async def _execute_read_and_sync(self, stmt: Statement, raw: bytes) -> None:
+        """A read-only autocommit Execute followed by Sync: one round trip, then `after`.
+
+        Nothing can need undoing (no block, no writes), so Execute and Sync go together and the
+        CommandComplete and ReadyForQuery are held until the `after` hooks have run.
+        """
+        fb = self._client_fb
+        assert fb is not None
+        item = fb.next_frame()  # the Sync seen by `pending_sync_next`
+        assert item is not None
+        sync_raw = fb.raw(item[1], item[2])
+        unit = self._expect(_Unit(UnitKind.EXECUTE, hold_complete=True))
+        sync = self._expect(_Unit(UnitKind.SYNC, hold_ready=True))
+        self._send(raw + sync_raw)
+        self.discard = False
+        self.ext_batch = False
+        await self._wait(sync)
+        self.portals.pop("", None)
+        if not unit.skipped and unit.error is None and unit.tag is not None:
+            try:
+                await self._run_after(stmt, unit.tag)
+            except DsqlError as err:
+                if err.fatal:
+                    raise
+                self._send_synthetic(protocol.encode_error(err))
+            else:
+                self._send_synthetic(_complete(unit.tag))
+        self._send_synthetic(protocol.encode_ready(self.status))
 
     async def _recover_ext(self, stmt: Statement, unit: _Unit, bound: BoundStatement) -> None:
         """A guarded Execute failed: PostgreSQL now skips to Sync; sync, undo, ask on_error."""
