@@ -322,3 +322,11 @@ def test_custom_role_connects_only_when_mapped(
     assert "Action=DbConnect&" in kwargs["password"]
     with psycopg.connect(**kwargs) as conn:
         assert conn.execute("SELECT current_user").fetchone() == (role,)
+
+
+def test_direct_tls_negotiation_libpq_17(emulator_conninfo: ConnInfo) -> None:
+    """libpq 17+ ``sslnegotiation=direct``: TLS first, ALPN ``postgresql`` (no SSLRequest)."""
+    assert psycopg.pq.version() >= 170000, "psycopg-binary bundles libpq 17 or newer"
+    with psycopg.connect(**emulator_conninfo(sslnegotiation="direct")) as conn:
+        assert conn.pgconn.ssl_in_use
+        assert conn.execute("SELECT 1").fetchone() == (1,)
