@@ -210,6 +210,9 @@ class Session:
             await self._fatal(errors.protocol_violation(str(exc)))
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except Exception as exc:  # a bug: tell the client instead of leaving it hanging
+            log.exception("session %s failed", self.handle.session_id)
+            await self._fatal(errors.internal_error(type(exc).__name__))
         finally:
             await self._cleanup()
 
