@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 import uuid
@@ -27,7 +28,8 @@ def _retrying(conn: psycopg.Connection[Any], sql: str, params: Any = None) -> An
         try:
             return conn.execute(sql, params)
         except psycopg.errors.SerializationFailure:
-            continue
+            if not conn.autocommit:
+                conn.rollback()
     raise AssertionError(f"kept failing: {sql}")
 
 
@@ -214,3 +216,32 @@ def test_wait_for_unknown_job_is_an_error(emulator_conninfo: ConnInfo) -> None:
             conn.execute("SELECT sys.wait_for_job('aaaaaaaaaaaaaaaaaaaaaaaaaa')")
         with pytest.raises(psycopg.errors.InvalidParameterValue):
             conn.execute("SELECT sys.wait_for_job('not-a-job')")
+
+
+@pytest.mark.timeout(300)
+def test_a_build_interrupted_by_a_restart_runs_again(tmp_path: Any) -> None:
+    from dsql_magic.emulator.api import Emulator
+
+    emu = Emulator(data_dir=tmp_path / "data", log_path=tmp_path / "emulator.log")
+    emu.start()
+    conn = psycopg.connect(**emu.connect_kwargs("admin"), autocommit=True)
+    other = psycopg.connect(**emu.connect_kwargs("admin"))
+    try:
+        _retrying(conn, "CREATE TABLE big (id int PRIMARY KEY, v text)")
+        _retrying(conn, "INSERT INTO big SELECT g, 'v' || g FROM generate_series(1, 2000) g")
+        _retrying(other, "SELECT 1 FROM pg_class LIMIT 1")  # holds a snapshot: the build waits
+        job_id = _retrying(conn, "CREATE INDEX ASYNC big_v ON big (v)").fetchone()[0]
+        _until(lambda: _job(conn, job_id)[1] == "processing", "the build to start")
+    finally:
+        emu.stop()  # the emulator goes away mid-build
+        for c in (conn, other):
+            with contextlib.suppress(psycopg.Error):
+                c.close()
+    emu.start()
+    try:
+        with psycopg.connect(**emu.connect_kwargs("admin"), autocommit=True) as conn:
+            assert _retrying(conn, f"SELECT sys.wait_for_job('{job_id}')").fetchone() == (True,)
+            assert _job(conn, job_id)[1] == "completed"
+            assert _valid(conn, "big_v") is True
+    finally:
+        emu.stop()

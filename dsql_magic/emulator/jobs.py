@@ -476,8 +476,14 @@ class JobRunner:
 
     async def _run_index_build(self, row: JobRow) -> None:
         build = IndexBuild.from_spec(row.spec)
-        # A restart may have left an invalid index from an interrupted attempt: start clean.
-        await self._drop_if_invalid(build)
+        # After a restart: the build may have finished while we were away (valid: done), or
+        # been interrupted (invalid: dropped here, then built again).
+        if await self._drop_if_invalid(build):
+            row.object_id = await self._index_oid(build)
+            await self._finish(row, JobStatus.COMPLETED, None)
+            if self._on_catalog_change is not None:
+                self._on_catalog_change()
+            return
         conn = await self._connect()
         self._running_conn[row.job_id] = conn
         watcher = asyncio.create_task(self._watch_oid(row, build))
@@ -537,7 +543,8 @@ class JobRunner:
         except psycopg.Error as exc:  # the index stays invalid; it just enforces nothing
             log.warning("could not keep failed unique index %s enforcing: %s", build.name, exc)
 
-    async def _drop_if_invalid(self, build: IndexBuild) -> None:
+    async def _drop_if_invalid(self, build: IndexBuild) -> bool:
+        """Drop a left-over invalid index of this build; True if a valid one is there."""
         rows = await self._fetch_values(
             "SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(%s)",
             (_quote_qualified(build.schema, build.name),),
@@ -552,6 +559,7 @@ class JobRunner:
                 )
             finally:
                 await conn.close()
+        return bool(rows and rows[0][0])
 
     async def _index_oid(self, build: IndexBuild) -> int | None:
         rows = await self._fetch_values(
