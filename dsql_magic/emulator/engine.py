@@ -493,7 +493,12 @@ def _is_postgres(pid: int) -> bool:
             return b"postgres" in cmdline.read_bytes()
         except OSError:
             return False
-    return True
+    # No /proc (macOS): ask ps, so a stale pid file never gets an unrelated process signalled.
+    ps = shutil.which("ps")
+    if ps is None:
+        return False
+    result = subprocess.run([ps, "-p", str(pid), "-o", "comm="], capture_output=True, text=True)
+    return "postgres" in result.stdout
 
 
 def _wait_child(proc: subprocess.Popen[bytes], timeout: float) -> bool:
