@@ -177,3 +177,13 @@ def test_kill_9_loses_no_committed_transaction(tmp_path: Path, mode: str) -> Non
     with Engine(data) as eng, psycopg.connect(**eng.connect_kwargs("admin")) as conn:
         assert conn.execute("SELECT id FROM k ORDER BY id").fetchall() == [(1,), (2,)]
     assert _wait_dead(postmaster2)
+
+
+def test_stale_pid_file_naming_another_process_is_ignored(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with Engine(data):
+        pass
+    # A crash left postmaster.pid behind, and its pid now belongs to someone else (us).
+    (data / "pgdata" / "postmaster.pid").write_text(f"{os.getpid()}\n{data / 'pgdata'}\n")
+    with Engine(data) as eng, psycopg.connect(**eng.connect_kwargs("admin")) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
