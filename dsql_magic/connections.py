@@ -313,6 +313,7 @@ class DsqlConnection:
             raise connection_error(exc, user=t.user, host=self.display_host) from None
         finally:
             del token
+        self._discard()  # an older physical connection, if any, is replaced
         self._conn = conn
         self._opened_at = self.clock()
         self.closed_by_user = False
