@@ -370,3 +370,30 @@ def test_create_table_with_too_many_unique_constraints(dialect_engine: Engine) -
         )
 
     _run(dialect_engine, scenario)
+
+
+def test_oversize_column_fails_at_the_statement_key_by_commit(dialect_engine: Engine) -> None:
+    col = limits.MAX_COLUMN_BYTES
+    key = limits.MAX_KEY_BYTES
+
+    async def scenario(s: HookSession) -> None:
+        await s.run("CREATE TABLE when_t (k text PRIMARY KEY, v text)")
+        await s.run("BEGIN")
+        await s.run(f"INSERT INTO when_t VALUES ('a', repeat('v', {col}))")  # at the limit
+        err = await _fails(s, f"INSERT INTO when_t VALUES ('b', repeat('v', {col + 1}))")
+        assert err.message == "maximum column size exceeds limit"
+        assert (await _fails(s, "SELECT 1")).sqlstate == "25P02"
+        assert await s.run("COMMIT") == "ROLLBACK"
+        # A small row is measured at the statement only if something else prompted it (a
+        # large value earlier); DSQL refuses at the statement, the emulator by COMMIT at the latest.
+        await s.run("BEGIN")
+        try:
+            await s.run(f"INSERT INTO when_t VALUES (repeat('k', {key + 1}), 'x')")
+            err = await _fails(s, "COMMIT")
+        except DsqlError as at_statement:
+            err = at_statement
+            assert await s.run("COMMIT") == "ROLLBACK"
+        assert err.message == "key size too large"
+        assert await s.rows("SELECT count(*) FROM when_t") == [("0",)]
+
+    _run(dialect_engine, scenario)

@@ -49,6 +49,8 @@ class TxnState:
     dml: int = 0
     rows: int = 0
     wrote: bool = False
+    versions: int = 0  # new row versions (INSERT, UPDATE, COPY rows), per the command tags
+    toasted: dict[str, int] = field(default_factory=dict)  # TOAST inserts seen, by table oid
     tables: set[str] = field(default_factory=set)
 
 
@@ -109,16 +111,31 @@ def _relation_literal(schema: str | None, name: str) -> str:
 
 
 _FIRST_TAIL_BLOCKS = 16
+_NEW_VERSION_COMMANDS = frozenset({"INSERT", "UPDATE", "COPY"})
+# Tables whose TOAST relation this transaction inserted into, with what _measure_table needs.
+_TOASTED_SQL = (
+    "SELECT c.oid::text, quote_ident(n.nspname) || '.' || quote_ident(c.relname), "
+    "t.n_tup_ins::text, "
+    "(pg_relation_size(c.oid) / current_setting('block_size')::int)::text, "
+    "pg_current_xact_id_if_assigned()::text "
+    "FROM pg_stat_xact_all_tables t "
+    "JOIN pg_class c ON c.reltoastrelid = t.relid "
+    "JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE t.n_tup_ins > 0 AND has_table_privilege(c.oid, 'SELECT')"
+)
 
 
 @dataclass(frozen=True)
 class _Written:
-    """A table this transaction wrote to: how many row versions, and its size in blocks."""
+    """A table this transaction wrote to, and its size in blocks."""
 
     relid: str
     qualified: str
-    written: int
     blocks: int
+
+    def tail_start(self, versions: int) -> int:
+        """First block of a tail big enough for ``versions`` new rows, one per block."""
+        return max(0, self.blocks - _FIRST_TAIL_BLOCKS - versions)
 
 
 class TransactionRules:
@@ -197,6 +214,9 @@ class TransactionRules:
             state.rows += rows
             if state.rows > self.limits.max_rows:
                 raise self._error("row-limit")
+            if stmt.command in _NEW_VERSION_COMMANDS:
+                state.versions += rows
+                await self._check_toasted(ctx, state)
 
     async def before_commit(self, ctx: StatementContext) -> None:
         """Age, transaction size and key/row/column sizes of the rows this transaction wrote."""
@@ -315,6 +335,26 @@ class TransactionRules:
 
     # --- sizes of the rows written -----------------------------------------------------------
 
+    async def _check_toasted(self, ctx: StatementContext, state: TxnState) -> None:
+        """Column and row sizes at the statement, when it wrote a large value.
+
+        A value of more than about 2 KB is moved to the table's TOAST relation, so a rise in the
+        transaction's TOAST inserts (one cheap statistics query) is the sign that the statement
+        may have written an oversize column or row; only then are the new rows measured, in the
+        heap's tail. What that misses (and key sizes) is caught at COMMIT.
+        """
+        found = await ctx.execute(_TOASTED_SQL)
+        for relid, qualified, toasted, blocks, xid in found[-1].rows if found else ():
+            if relid is None or qualified is None or xid is None:
+                continue
+            count = int(toasted or 0)
+            if count <= state.toasted.get(relid, 0):
+                continue
+            state.toasted[relid] = count
+            table = _Written(relid, qualified, int(blocks or 0))
+            start = table.tail_start(state.versions)
+            await self._measure_table(ctx, table, int(xid) % (1 << 32), start)
+
     async def _check_written_rows(self, ctx: StatementContext) -> None:
         """Measure what this transaction inserted or updated; refuse oversize rows or totals.
 
@@ -327,23 +367,39 @@ class TransactionRules:
         if xid_text is None:
             return
         xid32 = int(xid_text) % (1 << 32)
-        tables = await ctx.execute(
+        found_tables = await ctx.execute(
             "SELECT s.relid::text, quote_ident(s.schemaname) || '.' || quote_ident(s.relname), "
-            "(s.n_tup_ins + s.n_tup_upd)::text, "
             "(pg_relation_size(s.relid) / current_setting('block_size')::int)::text "
             "FROM pg_stat_xact_user_tables s "
             "WHERE s.n_tup_ins + s.n_tup_upd > 0 AND has_table_privilege(s.relid, 'SELECT')"
         )
-        total = 0
-        for relid, qualified, written, blocks in tables[-1].rows if tables else ():
-            if relid is None or qualified is None:
-                continue
-            table = _Written(relid, qualified, int(written or 0), int(blocks or 0))
-            total += await self._measure_table(ctx, table, xid32)
+        tables = [
+            _Written(relid, qualified, int(blocks or 0))
+            for relid, qualified, blocks in (found_tables[-1].rows if found_tables else ())
+            if relid is not None and qualified is not None
+        ]
+        # New row versions of an appending transaction sit at the end of the heap: first scan
+        # each table's tail (a TID range scan); when fewer rows than the transaction wrote are
+        # there (free space reused, updates in place), scan the whole tables.
+        versions = self._state(ctx).versions
+        found = total = 0
+        for table in tables:
+            rows, size = await self._measure_table(ctx, table, xid32, table.tail_start(versions))
+            found, total = found + rows, total + size
+        if found < versions:
+            total = 0
+            for table in tables:
+                total += (await self._measure_table(ctx, table, xid32, 0))[1]
         if total > self.limits.max_bytes:
             raise self._error("size-limit", size=str(math.ceil(total / limits.MIB)))
 
-    async def _measure_table(self, ctx: StatementContext, table: _Written, xid32: int) -> int:
+    async def _measure_table(
+        self, ctx: StatementContext, table: _Written, xid32: int, start: int
+    ) -> tuple[int, int]:
+        """Scan ``table`` from block ``start`` for this transaction's rows; refuse oversize ones.
+
+        Returns how many of its rows were found there and their total size in bytes.
+        """
         relid, qualified = table.relid, table.qualified
         cols = await ctx.execute(
             "SELECT quote_ident(attname), format_type(atttypid, NULL), attnum::text "
@@ -353,7 +409,7 @@ class TransactionRules:
         )
         columns = [(r[0] or "", r[1] or "", int(r[2] or 0)) for r in cols[-1].rows] if cols else []
         if not columns:
-            return 0
+            return 0, 0
         keys = await ctx.execute(
             "SELECT array_to_string(indkey, ' ') FROM pg_index WHERE indrelid = $1", (relid,)
         )
@@ -375,29 +431,21 @@ class TransactionRules:
         row_expr = " + ".join(sizes)
         col_expr = f"greatest({', '.join(sizes)})" if len(sizes) > 1 else sizes[0]
         key_expr = f"greatest({', '.join(key_exprs)})" if key_exprs else "0"
-        # New row versions of an appending transaction sit at the end of the heap: first scan
-        # a tail big enough for one row per block (a TID range scan); when fewer rows than it
-        # wrote are there (free space reused, updates in place), scan the whole table.
-        start = max(0, table.blocks - _FIRST_TAIL_BLOCKS - table.written)
-        while True:
-            result = await ctx.execute(
-                f"SELECT count(*)::text, coalesce(sum({row_expr}), 0)::text, "
-                f"coalesce(max({row_expr}), 0)::text, coalesce(max({col_expr}), 0)::text, "
-                f"coalesce(max({key_expr}), 0)::text FROM ONLY {qualified} x "
-                f"WHERE x.ctid >= $2::tid AND x.xmin::text::bigint >= $1",
-                (str(xid32), f"({start},0)"),
-            )
-            found, total, max_row, max_col, max_key = (int(v or 0) for v in result[-1].rows[0])
-            if found >= table.written or start == 0:
-                break
-            start = 0
+        result = await ctx.execute(
+            f"SELECT count(*)::text, coalesce(sum({row_expr}), 0)::text, "
+            f"coalesce(max({row_expr}), 0)::text, coalesce(max({col_expr}), 0)::text, "
+            f"coalesce(max({key_expr}), 0)::text FROM ONLY {qualified} x "
+            f"WHERE x.ctid >= $2::tid AND x.xmin::text::bigint >= $1",
+            (str(xid32), f"({start},0)"),
+        )
+        found, total, max_row, max_col, max_key = (int(v or 0) for v in result[-1].rows[0])
         if max_key > self.limits.max_key_bytes:
             raise self._error("key-size")
         if max_col > self.limits.max_column_bytes:
             raise self._error("column-size")
         if max_row > self.limits.max_row_bytes:
             raise self._error("row-size")
-        return total
+        return found, total
 
 
 def make_hook(config: object = None) -> TransactionRules | None:
