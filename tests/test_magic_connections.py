@@ -253,3 +253,20 @@ def test_system_roots(pg_server: PgServer, magic: Any, monkeypatch: Any) -> None
     monkeypatch.setenv("SSL_CERT_FILE", str(pg_server.ca_file))  # now it is
     magic(line=f"connect {line} --name sys2")
     assert magic("SELECT 1 AS x")["x"][0] == 1
+
+
+def test_profile_and_token_ttl(
+    pg_server: PgServer, magic: Any, dsql: Any, tmp_path: Any, monkeypatch: Any
+) -> None:
+    creds = tmp_path / "aws-credentials"  # the file aws_env points AWS_SHARED_CREDENTIALS_FILE at
+    creds.write_text(
+        "[analytics]\naws_access_key_id = AKIDPROFILE000000000\n"
+        "aws_secret_access_key = profile-secret\n"
+    )
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    magic(line="connect " + pg_server.connect_line("--profile analytics --token-ttl 120"))
+    password = dsql.registry.get().raw.info.password
+    query = parse_qs(urlparse("https://" + password).query)
+    assert query["X-Amz-Credential"][0].startswith("AKIDPROFILE000000000/")
+    assert query["X-Amz-Expires"] == ["120"]
