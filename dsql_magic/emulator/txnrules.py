@@ -2,8 +2,10 @@
 
 One DDL per transaction, no DDL and DML in one transaction, no ANALYZE inside ``BEGIN … COMMIT``,
 3,000 mutated rows per transaction (the statement that crosses it fails), 10 MiB of modified data
-(checked at COMMIT), 300 s transaction age, key/row/column sizes, and the object-count limits
-(columns, indexes, schemas, tables, views) that need the catalog. Numbers come from
+(checked at COMMIT), 300 s transaction age, key/row/column sizes (at the statement when it wrote a
+large value, at COMMIT at the latest), and the object-count limits (columns, indexes, schemas,
+tables, views) that need the catalog. Written rows are found by ``xmin`` (this transaction's),
+in the heap's tail first (a TID range scan), so commits stay cheap on big tables. Numbers come from
 `dsql_magic.limits`; SQLSTATEs and texts from the rules data (``limits:`` in rules.yaml).
 
 Per-transaction state lives in ``ctx.txn`` (fresh per transaction). Time comes from an injectable
