@@ -137,6 +137,8 @@ def describe(emulator: Emulator) -> list[dict[str, Any]]:
         ("data_dir", str(info.data_dir) + (" (ephemeral)" if info.ephemeral else "")),
         ("psql", f'{psql_env} PGPASSWORD="$({token_cmd})" psql'),
     ]
+    if info.cloudwatch_url:
+        rows.insert(-1, ("cloudwatch_url", info.cloudwatch_url))
     return [{"setting": k, "value": v} for k, v in rows]
 
 
