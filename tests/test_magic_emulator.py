@@ -100,3 +100,31 @@ def test_dsql_rules_get_hints(on_emulator: Emulator, magic: Any, table: str) -> 
             f"{MAX_ROWS_PER_TRANSACTION + 1}) AS g"
         )
     assert limit.value.sqlstate == "54000" and "3,000" in (limit.value.hint or "")
+
+
+def test_ctrl_c_cancels_on_the_emulator(on_emulator: Emulator, magic: Any, dsql: Any) -> None:
+    import signal
+    import threading
+    import time
+
+    raw = dsql.registry.get("emu").raw
+    main = threading.main_thread().ident
+    assert main is not None
+
+    def interrupt_when_busy() -> None:
+        for _ in range(400):  # wait until the statement is on the wire
+            if raw.info.transaction_status.name == "ACTIVE":
+                break
+            time.sleep(0.025)
+        time.sleep(0.2)
+        signal.pthread_kill(main, signal.SIGINT)
+
+    t = threading.Thread(target=interrupt_when_busy)
+    t.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            magic("SELECT pg_sleep(60)")
+    finally:
+        t.join()
+    assert dsql.registry.get("emu").raw is raw  # same connection, still usable
+    assert int(magic("SELECT 7 AS x")["x"][0]) == 7
