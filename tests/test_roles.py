@@ -229,3 +229,38 @@ def test_parse_iam_command_never_crashes(tail: str) -> None:
         parse_iam_command("AWS IAM GRANT " + tail)
     except DsqlError as err:
         assert err.sqlstate == "42601"
+
+
+def test_admin_is_not_a_superuser(dialect_engine: Engine) -> None:
+    """admin owns public and creates schemas and roles, but cannot change others' objects."""
+
+    async def setup(s: HookSession) -> None:
+        assert await s.rows(
+            "SELECT rolsuper, rolcreaterole FROM pg_roles WHERE rolname = 'admin'"
+        ) == [("f", "t")]
+        assert await s.rows(
+            "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'public'"
+        ) == [("admin",)]
+        await s.run("CREATE ROLE owner_r WITH LOGIN")
+        await s.run("CREATE SCHEMA owner_s")
+        await s.run("GRANT USAGE, CREATE ON SCHEMA owner_s TO owner_r")
+        for sql in (
+            "GRANT CREATE ON SCHEMA public TO owner_r",
+            "GRANT ALL ON SCHEMA public TO owner_r",
+        ):
+            err = await _fails(s, sql)
+            assert (err.sqlstate, err.message) == ("42501", "permission denied for schema public")
+        await s.run("GRANT USAGE ON SCHEMA public TO owner_r")
+
+    _run(dialect_engine, setup)
+
+    async def as_owner(s: HookSession) -> None:
+        await s.run("CREATE TABLE owner_s.mine (id int PRIMARY KEY)")
+
+    _run(dialect_engine, as_owner, user="owner_r")
+
+    async def admin_again(s: HookSession) -> None:
+        err = await _fails(s, "ALTER TABLE owner_s.mine ADD COLUMN x int")
+        assert err.sqlstate == "42501"  # must be owner of table mine
+
+    _run(dialect_engine, admin_again)

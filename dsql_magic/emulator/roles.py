@@ -169,6 +169,19 @@ def _same_principal(granted: str, identities: set[str]) -> bool:
     return bool(sep) and f"{prefix}:role/{resource.rsplit('/', 1)[-1]}" in identities
 
 
+def _grants_create_on_public(stmt: Statement) -> bool:
+    """``GRANT CREATE`` (or ``ALL``) ``ON SCHEMA public``: DSQL keeps public to admin (L1929)."""
+    if stmt.node_name != "grant_stmt" or not stmt.inner.is_grant:
+        return False
+    inner = stmt.inner
+    if inner.objtype != pb.OBJECT_SCHEMA:
+        return False
+    if not any(obj.string.sval == "public" for obj in inner.objects):
+        return False
+    privileges = [p.access_priv.priv_name for p in inner.privileges]
+    return not privileges or "create" in privileges  # no privilege list means ALL
+
+
 _installed: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 _install_lock = asyncio.Lock()
 
@@ -243,6 +256,8 @@ class Roles:
                 raise self._error("alter-admin")
         elif stmt.node_name == "drop_role_stmt":
             await self._check_drop_roles(stmt, ctx)
+        elif _grants_create_on_public(stmt):
+            raise self._error("grant-create-on-public")
         return None
 
     async def _check_drop_roles(self, stmt: Statement, ctx: StatementContext) -> None:
