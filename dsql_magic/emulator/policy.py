@@ -201,14 +201,26 @@ def _p_procedure(stmt: Statement, args: dict[str, Any]) -> list[Params]:
     return [{}] if stmt.node_name == "create_function_stmt" and stmt.inner.is_procedure else []
 
 
+def _mentions(stmt: Statement, *words: str) -> bool:
+    """A cheap necessary condition before walking the tree: every word occurs in the text.
+
+    Only ever used to skip a parse-tree walk that could not match; the decision itself is
+    always taken on the tree (a walk costs about half a millisecond).
+    """
+    text = stmt.pg_text.lower()
+    return all(word in text for word in words)
+
+
 def _p_tablesample(stmt: Statement, args: dict[str, Any]) -> list[Params]:
-    if stmt.node is None:
+    if stmt.node is None or not _mentions(stmt, "tablesample"):
         return []
     return [{}] if any(True for _ in postgast.find_nodes(stmt.node, pb.RangeTableSample)) else []
 
 
 def _p_locking_clause(stmt: Statement, args: dict[str, Any]) -> list[Params]:
-    if stmt.node is None:
+    if stmt.node is None or not _mentions(stmt, "for"):
+        return []
+    if not (_mentions(stmt, "share") or _mentions(stmt, "update")):
         return []
     allowed = set(args["allowed"])
     for clause in postgast.find_nodes(stmt.node, pb.LockingClause):
