@@ -147,7 +147,7 @@ def hook_cpu_us(n: int) -> tuple[float, float]:
 
 def run(quick: bool = False) -> str:
     n = 200 if quick else 1000
-    rounds = 3 if quick else 7
+    rounds = 4 if quick else 8
     configs: dict[str, Callable[[], list[object]]] = {
         "no hooks": lambda: [],
         "metering": lambda: [MeteringHook()],
@@ -173,8 +173,11 @@ def run(quick: bool = False) -> str:
                 for name, hooks in configs.items():
                     info = stack.enter_context(front(engine, account, tls_dir, hooks()))
                     conns[name] = stack.enter_context(psycopg.connect(**info, autocommit=True))
-                for _ in range(rounds):
-                    for name, conn in conns.items():
+                names = list(conns)
+                for r in range(rounds):
+                    # rotate the order each round: position in a round biases timings
+                    for name in names[r % len(names) :] + names[: r % len(names)]:
+                        conn = conns[name]
                         for kind in ("select", "insert"):
                             ms = per_statement_ms(conn, kind, n, base)
                             base += n
@@ -185,8 +188,8 @@ def run(quick: bool = False) -> str:
     lines = [
         "## DPU metering overhead per statement",
         "",
-        f"Mean per statement, best of {rounds} interleaved rounds of {n}; psycopg over TLS on "
-        "loopback to in-process wire fronts sharing one PostgreSQL 16.",
+        f"Mean per statement, best of {rounds} interleaved rounds of {n} (order rotated each "
+        "round); psycopg over TLS on loopback to in-process wire fronts sharing one PostgreSQL 16.",
         "",
         "| configuration | PK SELECT ms | INSERT ms |",
         "|---|---:|---:|",
@@ -204,11 +207,18 @@ def run(quick: bool = False) -> str:
         f"**{share * 100:.1f}%** of the fastest PK SELECT through the front "
         f"(target < {TARGET * 100:.0f}%): {verdict}"
     )
+
+    def paired(a: str, b: str, kind: str) -> float:
+        """Median over rounds of b/a measured in the same round (robust to load drift)."""
+        ratios = [y / x for x, y in zip(results[(a, kind)], results[(b, kind)], strict=True)]
+        return statistics.median(ratios) - 1.0
+
     for kind in ("select", "insert"):
-        own = best[("inert + metering", kind)] / best[("inert hooks", kind)] - 1.0
-        alone = best[("metering", kind)] / best[("no hooks", kind)] - 1.0
+        own = paired("inert hooks", "inert + metering", kind)
+        alone = paired("no hooks", "metering", kind)
         lines.append(
-            f"- end to end, {kind.upper()}: inert + metering vs inert {own * 100:+.1f}%; "
+            f"- end to end, {kind.upper()} (median of per-round ratios): inert + metering vs "
+            f"inert {own * 100:+.1f}%; "
             f"metering alone vs no hooks {alone * 100:+.1f}% (includes the session's hook "
             "machinery: held CommandComplete, autocommit writes wrapped)"
         )
