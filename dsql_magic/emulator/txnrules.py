@@ -81,7 +81,9 @@ def _is_dml(stmt: Statement) -> bool:
     """INSERT/UPDATE/DELETE/COPY FROM, and queries whose WITH clause modifies data."""
     if stmt.kind is StatementKind.DML:
         return True
-    return stmt.kind is StatementKind.QUERY and not stmt.read_only and not stmt.locks_rows
+    if stmt.kind is not StatementKind.QUERY or "with" not in stmt.pg_text.lower():
+        return False  # (skips two parse-tree walks for the plain queries that cannot modify)
+    return not stmt.read_only and not stmt.locks_rows
 
 
 def _is_analyze(stmt: Statement) -> bool:
