@@ -253,7 +253,8 @@ def run(quick: bool = False) -> str:
         f"_{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, "
         f"{'quick, ' if quick else ''}{time.perf_counter() - started:.0f} s, "
         f"Python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs "
-        "shared with other work: compare the ratios, not the absolute numbers_"
+        f"shared with other work (load average {os.getloadavg()[1]:.1f} at the end): compare "
+        "the ratios, not the absolute numbers_"
     )
     return "\n".join(lines)
 
