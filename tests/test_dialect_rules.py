@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import psycopg
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dsql_magic.emulator.dialect import RulesError, load_rules, parse_rules, rules_text
 from dsql_magic.emulator.policy import PREDICATES, check, unknown_predicates
@@ -162,3 +164,34 @@ def test_rules_file_validation() -> None:
             "version: 1\nrules:\n"
             "- {id: a, predicate: vacuum, sqlstate: 0A000, message: m, source: observed, x: 1}\n"
         )
+
+
+EXAMPLES = [(r.id, sql, True) for r in RULES.rules for sql in r.refused] + [
+    (r.id, sql, False) for r in RULES.rules for sql in r.accepted
+]
+
+
+@given(
+    example=st.sampled_from(EXAMPLES),
+    upper=st.lists(st.booleans(), min_size=1, max_size=64),
+    gap=st.sampled_from([" ", "  ", "\n", "\t ", " /* c */ "]),
+)
+def test_decisions_ignore_case_and_spacing(
+    example: tuple[str, str, bool], upper: list[bool], gap: str
+) -> None:
+    """Keywords in any case and any whitespace between tokens give the same decision."""
+    rule_id, sql, refused = example
+    if "'" in sql or '"' in sql or "$$" in sql:
+        sql_variant = sql.replace(" ", gap) if "'" not in sql and '"' not in sql else sql
+    else:
+        words = sql.split(" ")
+        cased = [w.upper() if upper[i % len(upper)] else w.lower() for i, w in enumerate(words)]
+        sql_variant = gap.join(cased)
+    variant = split_statements(sql_variant)
+    assert len(variant) == 1
+    decision = check(variant[0])
+    if refused:
+        assert decision.violation is not None
+        assert decision.violation.rule.id == rule_id
+    else:
+        assert decision.violation is None
