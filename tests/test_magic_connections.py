@@ -270,3 +270,18 @@ def test_profile_and_token_ttl(
     query = parse_qs(urlparse("https://" + password).query)
     assert query["X-Amz-Credential"][0].startswith("AKIDPROFILE000000000/")
     assert query["X-Amz-Expires"] == ["120"]
+
+
+def test_silent_server_suggests_a_waking_cluster(
+    pg_server: PgServer, magic: Any, dsql: Any
+) -> None:
+    import socket
+
+    # Accepts TCP but never answers, like a cluster that is still waking up.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        dsql.connect_timeout = 2  # libpq's minimum
+        line = pg_server.connect_line().replace(f"--port {pg_server.port}", f"--port {port}")
+        with pytest.raises(ConnectionFailed) as info:
+            magic(line="connect " + line)
+    assert "IDLE or INACTIVE" in (info.value.hint or "")
