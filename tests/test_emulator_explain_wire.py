@@ -40,8 +40,10 @@ def table(server: WireServer) -> str:
     return name
 
 
-def lines(conn: psycopg.Connection[Any], sql: str) -> list[str]:
-    return [str(r[0]) for r in conn.execute(sql).fetchall()]
+def lines(
+    conn: psycopg.Connection[Any], sql: str, params: tuple[Any, ...] | None = None
+) -> list[str]:
+    return [str(r[0]) for r in conn.execute(sql, params).fetchall()]
 
 
 def test_explain_shapes_over_the_wire(server: WireServer, table: str) -> None:
@@ -153,3 +155,14 @@ def test_with_all_default_hooks_conflicts_and_commits_are_metered(
     assert sum(v for _, v in occ) == 1.0
     latency = meter.datapoints("CommitLatency", now - 600, now + 60, 60, "SampleCount")
     assert sum(v for _, v in latency) >= 3  # CREATE, INSERT, UPDATE committed
+
+
+def test_explain_with_bound_parameters(server: WireServer, table: str) -> None:
+    """psycopg sends parameters with the extended protocol: EXPLAIN plans them generically;
+    EXPLAIN ANALYZE needs their values, which arrive later, so PostgreSQL answers it as is."""
+    with psycopg.connect(**server.conninfo(), autocommit=True) as conn:
+        plan = lines(conn, f"EXPLAIN SELECT * FROM {table} WHERE id = %s", (7,))
+        assert plan[0].startswith(f"Index Only Scan using {table}_pkey on {table}")
+        assert any("Index Cond: (id = $1)" in line for line in plan)
+        analysed = lines(conn, f"EXPLAIN ANALYZE SELECT * FROM {table} WHERE id = %s", (7,))
+        assert analysed[0].startswith(f"Index Scan using {table}_pkey")  # PostgreSQL's own

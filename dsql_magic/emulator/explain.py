@@ -67,6 +67,7 @@ class ExplainOptions:
     verbose: bool = False
     format: str = "text"
     costs: bool = True
+    generic: bool = False  # the statement has $n parameters: see `_generic_plan`
 
 
 def _truthy(elem: Any) -> bool:
@@ -119,7 +120,21 @@ def explain_options(stmt: Statement) -> ExplainOptions | None:
     query = _explained_query(stmt.pg_text)
     if query is None:
         return None
-    return ExplainOptions(query=query, **opts)
+    generic = _parameter_count(query) > 0
+    if generic and opts["analyze"]:
+        return None  # the values arrive after this hook runs: PostgreSQL answers as it is
+    return ExplainOptions(query=query, generic=generic, **opts)
+
+
+def _parameter_count(query: str) -> int:
+    """The highest ``$n`` in the statement (extended protocol: values are bound later)."""
+    try:
+        tokens = postgast.scan(query).tokens
+    except postgast.PgQueryError:
+        return 0
+    data = query.encode("utf-8")
+    numbers = [int(data[t.start + 1 : t.end]) for t in tokens if _token_name(t.token) == "PARAM"]
+    return max(numbers, default=0)
 
 
 def _explained_query(text: str) -> str | None:
@@ -1113,6 +1128,32 @@ def explain_plan(
     return plan
 
 
+_PREPARED = "_dsql_emulator_explain"
+
+
+async def _generic_plan(ctx: StatementContext, opts: ExplainOptions) -> Any:
+    """The plan of a statement with ``$n`` parameters whose values are not known yet.
+
+    Internal SQL is bound through the extended protocol, where PostgreSQL would plan with the
+    bound values (even under GENERIC_PLAN), so the statement is prepared and explained with
+    ``plan_cache_mode = force_generic_plan``, then the setting is put back.
+    """
+    shown = (await ctx.execute("SHOW plan_cache_mode"))[-1].rows[0][0]
+    await ctx.execute(f"PREPARE {_PREPARED} AS {opts.query}")
+    try:
+        await ctx.execute("SET plan_cache_mode = force_generic_plan")
+        try:
+            nulls = ", ".join(["NULL"] * _parameter_count(opts.query))
+            results = await ctx.execute(
+                f"EXPLAIN (FORMAT JSON, VERBOSE) EXECUTE {_PREPARED}({nulls})"
+            )
+        finally:
+            await ctx.execute(f"SET plan_cache_mode = {shown or 'auto'}")
+    finally:
+        await ctx.execute(f"DEALLOCATE {_PREPARED}")
+    return results[-1].rows[0][0]
+
+
 class ExplainHook:
     """Answers ``EXPLAIN`` (TEXT or JSON, with or without ANALYZE/VERBOSE) in DSQL's shape.
 
@@ -1127,8 +1168,11 @@ class ExplainHook:
         if opts is None:
             return None
         started = time.perf_counter()
-        results = await ctx.execute(internal_explain_sql(opts))
-        pg_plan = results[-1].rows[0][0]
+        if opts.generic:
+            pg_plan = await _generic_plan(ctx, opts)
+        else:
+            results = await ctx.execute(internal_explain_sql(opts))
+            pg_plan = results[-1].rows[0][0]
         catalog = await load_catalog(ctx, pg_plan)
         plan = explain_plan(pg_plan, catalog, opts, query_id=query_identifier(opts.query))
         meter = metering.meter_of(ctx.cluster)

@@ -603,11 +603,12 @@ def sys_reply(meter: Meter, session_id: int, function: str) -> Synthetic:
     int8 = 20
     if function == "session_dpu":
         t = meter.session_totals(session_id)
+        d = Dpu(t.compute, t.read, t.write).rounded()  # Total: the sum of the printed parts
         row = (
-            f"{t.compute:.5f}",
-            f"{t.read:.5f}",
-            f"{t.write:.5f}",
-            f"{t.total:.5f}",
+            f"{d.compute:.5f}",
+            f"{d.read:.5f}",
+            f"{d.write:.5f}",
+            f"{d.total:.5f}",
             t.statements,
             t.transactions,
         )
