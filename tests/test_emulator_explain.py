@@ -344,3 +344,38 @@ def test_expression_helpers_never_raise(text: str) -> None:
     ex.split_conjuncts(text)
     ex.pushable(text)
     ex.unqualify(text, {"t"})
+
+
+def test_the_magics_parser_reads_our_text_and_json(
+    emuexplain_conn: psycopg.Connection[Any],
+) -> None:
+    """The contract with `dsql_magic.explain.parse_plan`: same tree and condition levels from
+    the emulator's text and JSON, and the DPU block."""
+    from dsql_magic.explain.parse import parse_plan
+
+    emuexplain_conn.execute("SET enable_seqscan = off")
+    emuexplain_conn.execute("SET enable_bitmapscan = off")
+    try:
+        plan = plan_for(emuexplain_conn, "EXPLAIN ANALYZE VERBOSE " + INDEX_SCAN_SQL[8:])
+    finally:
+        emuexplain_conn.execute("RESET ALL")
+
+    def summary(node: Any) -> tuple[Any, ...]:
+        kinds = tuple(sorted(c.kind for c in node.conditions))
+        return (node.node_type, kinds, tuple(summary(c) for c in node.children))
+
+    from_text = parse_plan("\n".join(ex.render_text(plan)))
+    from_json = parse_plan(ex.render_json(plan))
+    assert summary(from_text.root) == summary(from_json.root)
+    assert summary(from_text.root) == (
+        "Index Scan",
+        ("index", "processor"),
+        (
+            ("Storage Scan", ("storage",), (("B-Tree Scan", ("index",), ()),)),
+            ("Storage Lookup", ("storage",), (("B-Tree Lookup", (), ()),)),
+        ),
+    )
+    assert plan.dpu is not None
+    assert from_text.dpu == from_json.dpu
+    assert from_text.dpu is not None
+    assert from_text.dpu["total"] == pytest.approx(plan.dpu.rounded().total, abs=1e-5)
