@@ -1187,9 +1187,8 @@ class ExplainHook:
             figures = metering.StatementFigures(
                 "EXPLAIN", metering.estimate(work), work, reads=False, writes=False
             )
-        meter.record_statement(ctx.session_id, figures)
-        if not ctx.in_transaction:
-            meter.end_transaction(ctx.session_id, committed=True)
+        # Outside a block the EXPLAIN (and what ANALYZE ran) was its own transaction.
+        meter.record_statement(ctx.session_id, figures, ends_transaction=not ctx.in_transaction)
         ctx.session[metering.SKIP_NEXT] = stmt
         if opts.format == "json":
             return Synthetic(
