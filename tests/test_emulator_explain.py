@@ -379,3 +379,29 @@ def test_the_magics_parser_reads_our_text_and_json(
     assert from_text.dpu == from_json.dpu
     assert from_text.dpu is not None
     assert from_text.dpu["total"] == pytest.approx(plan.dpu.rounded().total, abs=1e-5)
+
+
+def test_inner_scans_keep_their_loops_and_reads_count_them(
+    emuexplain_conn: psycopg.Connection[Any],
+) -> None:
+    """A nested loop's inner key lookups: storage nodes repeat the loops, and every loop is a
+    storage request in the DPU model."""
+    for setting in ("enable_hashjoin", "enable_mergejoin", "enable_material", "enable_seqscan"):
+        emuexplain_conn.execute(f"SET {setting} = off")
+    try:
+        plan = plan_for(
+            emuexplain_conn,
+            "EXPLAIN ANALYZE VERBOSE SELECT t.id, u.context FROM test_table t "
+            "JOIN test_table u ON u.id = t.id + 1 WHERE t.id <= 10",
+        )
+    finally:
+        emuexplain_conn.execute("RESET ALL")
+    assert plan.root["Node Type"] == "Nested Loop"
+    inner = plan.root["Plans"][1]
+    assert inner["Node Type"] == "Index Only Scan"
+    btree = inner["Plans"][0]["Plans"][0]
+    assert btree["Node Type"] == "B-Tree Scan" and btree["Actual Loops"] == 10
+    work = ex.dpu_work(plan, ex.Catalog())
+    assert work.storage_requests >= 11  # the outer scan once, the inner once per outer row
+    text = ex.render_text(plan)
+    assert any("-> B-Tree Scan on test_table_pkey" in ln and "loops=10)" in ln for ln in text)
