@@ -144,7 +144,8 @@ def test_drop_index_cancels_a_build_in_progress(emulator_conninfo: ConnInfo, tab
     with _auto(emulator_conninfo) as conn, psycopg.connect(**emulator_conninfo()) as other:
         _retrying(other, "SELECT 1 FROM pg_class LIMIT 1")  # holds a snapshot: the build waits
         job_id = _retrying(conn, f"CREATE INDEX ASYNC {table}_e ON {table} (email)").fetchone()[0]
-        _until(lambda: _job(conn, job_id)[1] == "processing", "the build to start")
+        _until(lambda: _job(conn, job_id)[5] is not None, "the build's catalog entry")
+        assert _job(conn, job_id)[1] == "processing"
         _retrying(conn, f"DROP INDEX {table}_e")
         job = _job(conn, job_id)
         assert job[1] == "failed" and "cancelled" in job[2]
@@ -156,6 +157,12 @@ def test_drop_index_cancels_a_build_in_progress(emulator_conninfo: ConnInfo, tab
             (job[5],),
         ).fetchall()
         assert drops == [("completed",)]
+        # Dropped right away, before its build could even create the catalog entry.
+        job_id = _retrying(conn, f"CREATE INDEX ASYNC {table}_f ON {table} (n)").fetchone()[0]
+        assert _retrying(conn, f"DROP INDEX {table}_f").statusmessage == "DROP INDEX"
+        job = _job(conn, job_id)
+        assert job[1] == "failed" and "cancelled" in job[2]
+        assert _valid(conn, f"{table}_f") is None
         other.rollback()
 
 

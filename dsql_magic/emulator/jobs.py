@@ -53,6 +53,7 @@ RESTART_FAILURE_DETAIL = "job interrupted by an emulator restart and could not b
 AUTO_ANALYZE_BASE_ROWS = 50
 AUTO_ANALYZE_FRACTION = 0.1
 AUTO_ANALYZE_INTERVAL_SECONDS = 2.0
+CANCEL_WAIT_SECONDS = 10.0
 
 
 class JobStatus(str, enum.Enum):
@@ -364,13 +365,20 @@ class JobRunner:
             if not same:
                 continue
             self._cancelled.add(row.job_id)
-            conn = self._running_conn.get(row.job_id)
-            if conn is not None:
-                with contextlib.suppress(Exception):
-                    await conn.cancel_safe()
-            elif row.status == JobStatus.SUBMITTED.value:
+            event = self._event(row.job_id)
+            if row.job_id not in self._running_conn and row.status == JobStatus.SUBMITTED.value:
                 await self._finish(row, JobStatus.FAILED, CANCELLED_DETAIL)
-            await self._event(row.job_id).wait()
+            # A cancel request that reaches the build's backend before its statement starts is
+            # ignored by PostgreSQL: keep asking until the build has stopped (bounded).
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + CANCEL_WAIT_SECONDS
+            while not event.is_set() and loop.time() < deadline:
+                conn = self._running_conn.get(row.job_id)
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.cancel_safe()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(event.wait(), 0.1)
             cancelled.append(row.job_id)
         return cancelled
 
@@ -489,6 +497,8 @@ class JobRunner:
         watcher = asyncio.create_task(self._watch_oid(row, build))
         outcome: tuple[JobStatus, str | None]
         try:
+            if row.job_id in self._cancelled:
+                raise psycopg.errors.QueryCanceled("cancelled before it started")
             await conn.execute(build.create_sql)
             outcome = (JobStatus.COMPLETED, None)
         except psycopg.errors.QueryCanceled:

@@ -183,8 +183,7 @@ class JobsHook:
         if stmt.node_name == "vacuum_stmt" and not stmt.inner.is_vacuumcmd:
             return await self._analyze(stmt, ctx)
         if stmt.node_name == "drop_stmt":
-            await self._before_drop(stmt, ctx)
-            return None
+            return await self._before_drop(stmt, ctx)
         arg = _wait_call(stmt)
         if arg is not None:
             return await self._wait(arg, ctx)
@@ -286,29 +285,52 @@ class JobsHook:
 
     # --- DROP ----------------------------------------------------------------------------------
 
-    async def _before_drop(self, stmt: Statement, ctx: StatementContext) -> None:
+    async def _before_drop(self, stmt: Statement, ctx: StatementContext) -> Reply | None:
+        """Cancel builds of dropped indexes; note dropped objects for their DROP jobs.
+
+        An index whose build has not yet created its catalog entry (queued, or just starting)
+        exists only as a job: dropping it cancels the job and answers ``DROP INDEX`` itself.
+        """
         kind = pb.ObjectType.Name(stmt.inner.remove_type)
         if kind not in ("OBJECT_INDEX", "OBJECT_TABLE"):
-            return
+            return None
         runner = await runner_for(ctx.cluster)
+        only_jobs = kind == "OBJECT_INDEX"
         for obj in stmt.inner.objects:
-            parts = [_quote(item.string.sval) for item in obj.list.items]
-            if not parts:
+            names = [item.string.sval for item in obj.list.items]
+            if not names:
                 continue
-            rows = (
-                await ctx.execute(
-                    "SELECT c.oid::text, n.nspname || '.' || c.relname FROM pg_class c"
-                    " JOIN pg_namespace n ON n.oid = c.relnamespace"
-                    " WHERE c.oid = to_regclass($1)",
-                    [".".join(parts)],
-                )
-            )[0].rows
-            if not rows:
+            found = await self._resolve(ctx, names)
+            if found is None and kind == "OBJECT_INDEX":
+                schema = names[0] if len(names) > 1 else await self._current_schema(ctx)
+                if await runner.cancel_for_object(f"{schema}.{names[-1]}", None):
+                    found = await self._resolve(ctx, names)  # it may have appeared meanwhile
+                    if found is None:
+                        continue
+            if found is None:
+                only_jobs = False
                 continue
-            oid, qualified = int(rows[0][0] or 0), str(rows[0][1])
+            only_jobs = False
+            oid, qualified = found
             if kind == "OBJECT_INDEX":
                 await runner.cancel_for_object(qualified, oid)
             ctx.txn.setdefault(_DROPS, []).append(oid)
+        return Synthetic([], [], "DROP INDEX") if only_jobs else None
+
+    async def _resolve(self, ctx: StatementContext, names: list[str]) -> tuple[int, str] | None:
+        rows = (
+            await ctx.execute(
+                "SELECT c.oid::text, n.nspname || '.' || c.relname FROM pg_class c"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE c.oid = to_regclass($1)",
+                [".".join(_quote(n) for n in names)],
+            )
+        )[0].rows
+        return None if not rows else (int(rows[0][0] or 0), str(rows[0][1]))
+
+    async def _current_schema(self, ctx: StatementContext) -> str:
+        rows = (await ctx.execute("SELECT current_schema()"))[0].rows
+        return str(rows[0][0]) if rows and rows[0][0] else "public"
 
     # --- sys.wait_for_job ----------------------------------------------------------------------
 
