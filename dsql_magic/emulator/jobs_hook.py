@@ -34,8 +34,8 @@ pb: Any = importlib.import_module("postgast.pg_query_pb2")
 
 NAMEDATALEN = 64
 BOOL_OID = 16
-WAIT_TIMEOUT_SECONDS = 900.0
-ANALYZE_TIMEOUT_SECONDS = 900.0
+WAIT_TIMEOUT_SECONDS = 300.0  # then false: DSQL waits "until the job finishes or times out"
+ANALYZE_TIMEOUT_SECONDS = 30.0  # then answered; the job goes on in the background
 _DROPS = "jobs_drops"
 
 _runners: weakref.WeakKeyDictionary[Any, JobRunner] = weakref.WeakKeyDictionary()
