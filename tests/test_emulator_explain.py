@@ -405,3 +405,30 @@ def test_inner_scans_keep_their_loops_and_reads_count_them(
     assert work.storage_requests >= 11  # the outer scan once, the inner once per outer row
     text = ex.render_text(plan)
     assert any("-> B-Tree Scan on test_table_pkey" in ln and "loops=10)" in ln for ln in text)
+
+
+def test_key_ranges_become_index_conditions(emuexplain_conn: psycopg.Connection[Any]) -> None:
+    """PostgreSQL filters a small keyed table sequentially; DSQL navigates its key."""
+    plan = plan_for(
+        emuexplain_conn,
+        "EXPLAIN ANALYZE SELECT * FROM test_table WHERE id <= 30 AND context <> 'x' "
+        "AND context LIKE '%a%'",
+    )
+    text = ex.render_text(plan)
+    assert text[0].startswith("Index Only Scan using test_table_pkey on test_table")
+    assert "  Index Cond: (id <= 30)" in text
+    assert "  Filter: (context ~~ '%a%'::text)" in text
+    assert "      Filters: (context <> 'x'::text)" in text
+    btree = plan.root["Plans"][0]["Plans"][0]
+    assert btree["Index Cond"] == "(test_table.id <= 30)"
+    # rows between levels are interpolated (docs/dpu-model.md): only their order is known
+    assert 120 >= btree["Actual Rows"] >= plan.root["Actual Rows"]
+
+
+@pytest.mark.parametrize(
+    ("expr", "expected"),
+    [("(t.id <= 30)", True), ("(t.id = ANY ('{1,2}'::integer[]))", True), ("(t.id <> 3)", False),
+     ("(t.id IS NULL)", False), ("(t.d ~~ 'x'::text)", False)],
+)  # fmt: skip
+def test_key_condition(expr: str, expected: bool) -> None:
+    assert ex.key_condition(expr) is expected
