@@ -41,12 +41,31 @@ def _wait_parser() -> argparse.ArgumentParser:
     from dsql_magic.magics import make_parser
 
     parser = make_parser("wait", "Wait for an asynchronous job (CREATE INDEX ASYNC...) to end.")
-    parser.add_argument("job_id", help="the job id (26 lower-case letters and digits)")
+    parser.add_argument(
+        "job_id",
+        help="the job id (26 lower-case letters and digits), or a variable holding it: a string "
+        "or the DataFrame that CREATE INDEX ASYNC returned",
+    )
     parser.add_argument("--conn", help="connection name (default: the current one)")
     parser.add_argument(
         "--timeout", type=float, default=None, help="stop waiting after this many seconds"
     )
     return parser
+
+
+def resolve_job_id(arg: str, user_ns: dict[str, Any]) -> str:
+    """The job id an argument names: a literal id, or a variable holding one.
+
+    A notebook keeps the answer of ``%%dsql job`` / ``job = %dsql CREATE INDEX ASYNC …`` — a
+    one-row DataFrame with a ``job_id`` column — so ``%dsql wait job`` takes that too.
+    """
+    text = arg.strip().strip("'\"")
+    if _JOB_ID.match(text) or not text.isidentifier() or text not in user_ns:
+        return text
+    value = user_ns[text]
+    if isinstance(value, pd.DataFrame) and "job_id" in value.columns and len(value) == 1:
+        value = value["job_id"].iloc[0]
+    return value.strip() if isinstance(value, str) else text
 
 
 def _connection(magic: Any, name: str | None) -> Any:
@@ -140,7 +159,7 @@ def cmd_wait(magic: Any, args: str, cell: str | None) -> object:
     ns = parse_args(_wait_parser(), args)
     if isinstance(ns, Message):
         return ns
-    job_id = ns.job_id.strip().strip("'\"")
+    job_id = resolve_job_id(ns.job_id, magic.shell.user_ns if magic.shell else {})
     if not _JOB_ID.match(job_id):
         raise UsageProblem(
             f"{job_id!r} is not a job id", "copy the job_id that CREATE INDEX ASYNC returned"

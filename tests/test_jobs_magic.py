@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pandas as pd
 import pytest
+from IPython.core.interactiveshell import InteractiveShell
 
 from dsql_magic.emulator import magic_support
 from dsql_magic.errors import UsageProblem
@@ -67,6 +68,17 @@ def test_jobs_and_wait(connected: Magic, capsys: pytest.CaptureFixture[str]) -> 
     )
     builds = magic(line="jobs --type index_build")
     assert set(builds["job_type"]) == {"INDEX_BUILD"}
+
+
+def test_wait_takes_a_variable(connected: Magic, ip: InteractiveShell) -> None:
+    magic = connected
+    _run(magic, "CREATE TABLE gadgets (id int PRIMARY KEY, name text)")
+    # What a notebook holds after `%%dsql job`: the one-row DataFrame, or the id as a string.
+    ip.user_ns["job"] = _run(magic, "CREATE INDEX ASYNC gadgets_name ON gadgets (name)")
+    job_id = ip.user_ns["job"]["job_id"][0]
+    assert repr(magic(line="wait job")) == f"job {job_id} completed"
+    ip.user_ns["the_id"] = job_id
+    assert repr(magic(line="wait the_id")) == f"job {job_id} completed"
 
 
 def test_wait_reports_a_failed_build(connected: Magic) -> None:
