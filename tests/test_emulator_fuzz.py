@@ -183,3 +183,103 @@ def test_truncated_message_then_silence_does_not_block_others(watched: Any) -> N
     finally:
         sock.close()
     _still_working(server, other)
+
+
+class _Hook:
+    """Exercises the session's hook paths (refusal, synthetic, after) during the fuzzing."""
+
+    async def before(self, stmt: Any, ctx: Any) -> Any:
+        from dsql_magic.emulator.errors import DsqlError
+        from dsql_magic.emulator.hooks import Synthetic
+
+        if "refuse" in stmt.text:
+            raise DsqlError("0A000", "unsupported statement: Refuse")
+        if "synthetic" in stmt.text:
+            return Synthetic(["a"], [["1"]], "SELECT 1")
+        return None
+
+    async def after(self, stmt: Any, result: Any, ctx: Any) -> None:
+        return None
+
+    async def before_commit(self, ctx: Any) -> None:
+        return None
+
+
+_SQL = st.sampled_from(
+    [
+        "SELECT 1",
+        "SELECT $1::int",
+        "SELECT 'synthetic'",
+        "SELECT 'refuse'",
+        "SELECT 1/0",
+        "BEGIN",
+        "COMMIT",
+        "ROLLBACK",
+        "INSERT INTO fuzz_t VALUES (1) ON CONFLICT DO NOTHING",
+        "SELECT * FROM no_such_table",
+        "",
+    ]
+)
+_NAMES = st.sampled_from(["", "s1", "s2"])
+_EXTENDED = st.one_of(
+    st.builds(lambda n, q: p.encode_parse(n, q), _NAMES, _SQL),
+    st.builds(lambda po, n: p.encode_bind(po, n, [b"7"]), _NAMES, _NAMES),
+    st.builds(lambda po, n: p.encode_bind(po, n), _NAMES, _NAMES),
+    st.builds(p.encode_describe, st.sampled_from("SP"), _NAMES),
+    st.builds(p.encode_execute, _NAMES, st.sampled_from([0, 1])),
+    st.builds(p.encode_close, st.sampled_from("SP"), _NAMES),
+    st.just(p.SYNC),
+    st.just(p.FLUSH),
+    st.builds(p.encode_query, _SQL),
+)
+
+
+@pytest.fixture(params=["plain", "hooked"])
+def sequenced(
+    request: pytest.FixtureRequest, wire_server: Start
+) -> tuple[WireServer, psycopg.Connection[Any]]:
+    server = wire_server(hooks=[_Hook()] if request.param == "hooked" else [])
+    other = psycopg.connect(**server.conninfo(), autocommit=True)
+    other.execute("CREATE TABLE IF NOT EXISTS fuzz_t (id int PRIMARY KEY)")
+    request.addfinalizer(other.close)
+    return server, other
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(messages=st.lists(_EXTENDED, min_size=1, max_size=12))
+def test_any_message_order_gets_an_answer(sequenced: Any, messages: list[bytes]) -> None:
+    """Well-formed messages in any order: the session stays aligned, nothing hangs.
+
+    After the drawn messages, a Sync and a ROLLBACK, a marker query must come back as the last
+    answer (or the server ended the session with an error, which a protocol violation allows).
+    """
+    server, other = sequenced
+    sock = raw_session(server)
+    try:
+        marker = p.encode_query("SELECT 'end-marker'")
+        # ROLLBACK first: the drawn messages may leave a failed transaction block open
+        sock.sendall(b"".join(messages) + p.SYNC + p.encode_query("ROLLBACK") + marker)
+        sock.settimeout(5)
+        buf = b""
+        seen_marker = False
+        done = False
+        while not done:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+            frames_back, buf = p.split_frames(buf)
+            for frame in frames_back:
+                if frame.type == b"D" and b"end-marker" in frame.body:
+                    seen_marker = True
+                elif frame.type == b"Z" and seen_marker:
+                    done = True
+        if not done:
+            assert not chunk
+    finally:
+        sock.close()
+    _still_working(server, other)

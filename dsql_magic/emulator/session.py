@@ -96,6 +96,7 @@ class _Unit:
     buffer: bool = False  # a guarded statement: keep what would be relayed in `buffered`
     buffered: list[bytes] = field(default_factory=list)
     data: bytes = b""  # SYNTHETIC only
+    epoch: int = 0  # Syncs expected before this unit (see `Session._expect`)
     future: asyncio.Future[None] | None = None
     # What happened:
     tag: str | None = None
@@ -143,6 +144,8 @@ class Session:
         self.discard = False  # our refusal in the extended protocol: drop client frames to Sync
         self.ext_batch = False  # extended-protocol frames were sent since the last Sync
         self.ext_failed = False  # the backend reported an extended-protocol error, not yet synced
+        self._epoch = 0  # Syncs sent so far
+        self._failed_epoch = -1  # the epoch of the last extended-protocol error
         self.ext_implicit = False  # we opened an internal transaction around extended writes
         self.copy_in = asyncio.Event()
         self.closing = False
@@ -177,7 +180,8 @@ class Session:
             return protocol.SessionState.AUTHENTICATING
         if self.copy_in.is_set():
             return protocol.SessionState.COPY_IN
-        if self.discard:
+        if self.discard or self._failed_epoch == self._epoch:
+            # our refusal, or PostgreSQL's error: both sides skip everything up to Sync
             return protocol.SessionState.DISCARD_UNTIL_SYNC
         return protocol.SessionState.READY
 
@@ -405,7 +409,7 @@ class Session:
             if head.kind is not UnitKind.QUERY:
                 self.copy_in.clear()
                 self._end(head)
-                self._drop_until_sync()
+                self._drop_until_sync(head.epoch)
                 self._flush_synthetic(out)
                 return verbatim
             self.copy_in.clear()
@@ -420,13 +424,7 @@ class Session:
                 verbatim = False
             self.copy_in.clear()
         elif t == b"Z":
-            status = fb.body(start, end)[:1]
-            head.status = status
-            self.status = status
-            if head.hold_ready:
-                verbatim = False
-            if head.kind is UnitKind.SYNC:
-                self.ext_failed = False
+            self.status = fb.body(start, end)[:1]
         elif t == b"T":
             if head.collect:
                 head.columns = protocol.parse_row_description(fb.body(start, end))
@@ -435,13 +433,16 @@ class Session:
             if self._copy_wake is not None and not self._copy_wake.done():
                 self._copy_wake.set_result(None)
         if t == b"Z":
-            while head.kind not in (UnitKind.QUERY, UnitKind.SYNC) and len(self.pending) > 1:
-                head.skipped = True  # never answered: PostgreSQL skipped it after an error
+            # After an extended-protocol error PostgreSQL ignores everything but Sync (a Query
+            # too), so this ReadyForQuery answers the next Sync; otherwise the next Query/Sync.
+            targets = (UnitKind.SYNC,) if self.ext_failed else (UnitKind.QUERY, UnitKind.SYNC)
+            while head.kind not in targets and len(self.pending) > 1:
+                head.skipped = True  # never answered: PostgreSQL skipped it
                 self._end(head)
                 head = self.pending[0]
+            self.ext_failed = False
             head.status = self.status
-            if head.hold_ready or not head.relay:
-                verbatim = False
+            verbatim = head.relay and not head.hold_ready
             self._end(head)
             self._flush_synthetic(out)
         elif ends:
@@ -458,10 +459,11 @@ class Session:
         if unit.future is not None and not unit.future.done():
             unit.future.set_result(None)
 
-    def _drop_until_sync(self) -> None:
+    def _drop_until_sync(self, epoch: int) -> None:
         """After an extended-protocol error PostgreSQL ignores everything up to Sync."""
         self.ext_failed = True
-        while self.pending and self.pending[0].kind not in (UnitKind.SYNC, UnitKind.QUERY):
+        self._failed_epoch = max(self._failed_epoch, epoch)
+        while self.pending and self.pending[0].kind is not UnitKind.SYNC:
             unit = self.pending[0]
             unit.skipped = True
             self._end(unit)
@@ -484,6 +486,9 @@ class Session:
     # --- queueing helpers (client side) ---------------------------------------------------------
 
     def _expect(self, unit: _Unit) -> _Unit:
+        unit.epoch = self._epoch
+        if unit.kind is UnitKind.SYNC:
+            self._epoch += 1  # what follows a Sync is never skipped for errors before it
         self.pending.append(unit)
         return unit
 
@@ -642,10 +647,14 @@ class Session:
             self._send(raw)
             return
         await self._wait_idle()
+        if self.state is protocol.SessionState.DISCARD_UNTIL_SYNC:
+            return  # an earlier extended message failed: PostgreSQL ignores this Query too
         await self._run_simple(stmts)
 
     async def _wait_idle(self) -> None:
         """Let earlier pipelined responses finish, so hooks see a settled transaction state."""
+        if self.pending and self.ext_batch:
+            self._send(protocol.FLUSH)  # PostgreSQL holds extended answers until Flush/Sync
         while self.pending:
             await self._wait(self.pending[-1])
 
@@ -865,6 +874,8 @@ class Session:
             return
         if self.h_before:
             await self._wait_idle_ext()
+            if self.state is protocol.SessionState.DISCARD_UNTIL_SYNC:
+                return  # an earlier message failed: PostgreSQL ignores this Parse too
         try:
             reply = None if self.status == b"E" or self.ext_failed else await self._run_before(stmt)
         except DsqlError as err:
