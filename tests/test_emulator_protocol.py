@@ -153,3 +153,25 @@ def test_startup_parser_fails_only_with_protocol_error(body: bytes) -> None:
     except p.ProtocolError:
         return
     assert isinstance(result, (p.SSLRequest, p.GSSENCRequest, p.CancelRequest, p.StartupMessage))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    portal=st.text(alphabet=st.characters(blacklist_characters="\x00"), max_size=8),
+    statement=st.text(alphabet=st.characters(blacklist_characters="\x00"), max_size=8),
+    values=st.lists(st.one_of(st.none(), st.binary(max_size=40)), max_size=6),
+)
+def test_bind_values_round_trip(portal: str, statement: str, values: list[bytes | None]) -> None:
+    """The values the session reads back from a Bind are the ones the client bound."""
+    raw = p.encode_bind(portal, statement, values)
+    assert p.bind_values(raw[5:]) == values
+
+
+@given(st.binary(max_size=64))
+def test_bind_values_rejects_garbage_with_protocol_error(body: bytes) -> None:
+    """Malformed input may only ever raise ProtocolError (the session closes that connection)."""
+    try:
+        values = p.bind_values(body)
+    except p.ProtocolError:
+        return
+    assert all(v is None or isinstance(v, bytes) for v in values)

@@ -106,6 +106,12 @@ class Synthetic:
     rows: Sequence[Sequence[object]]
     tag: str
     types: Sequence[int] | None = None
+    # For a statement with parameters ($1…), answered in the extended protocol: called at Execute
+    # with the bound values (bytes as the client sent them, None for NULL) and returns the answer
+    # (same columns). ``rows``/``tag`` above only serve Describe. May raise DsqlError.
+    resolve: Callable[[Sequence[bytes | None]], Awaitable[Synthetic]] | None = field(
+        default=None, compare=False, repr=False
+    )
 
     def column_types(self) -> tuple[int, ...]:
         """One type OID per column."""

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import importlib
 import weakref
+from collections.abc import Sequence
 from typing import Any
 
 import postgast
@@ -339,13 +340,27 @@ class JobsHook:
         if kind == "type_cast":
             arg = arg.type_cast.arg
             kind = arg.WhichOneof("node")
+        if kind == "param_ref":
+            # sys.wait_for_job($1), as drivers send it: answered at Execute with the bound value.
+            number = arg.param_ref.number
+
+            async def resolve(values: Sequence[bytes | None]) -> Synthetic:
+                if not 0 < number <= len(values) or values[number - 1] is None:
+                    raise _error("22023", "sys.wait_for_job needs a job id, not NULL")
+                raw = values[number - 1]
+                assert raw is not None
+                return await self._wait_for(raw.decode("utf-8", "replace"), ctx)
+
+            return Synthetic(["wait_for_job"], [], "SELECT 1", types=[BOOL_OID], resolve=resolve)
         if kind != "a_const" or arg.a_const.WhichOneof("val") != "sval":
             raise _error(
                 "22023",
-                "sys.wait_for_job needs the job id as a string literal in the emulator",
-                "Write SELECT sys.wait_for_job('<job_id>').",
+                "sys.wait_for_job takes the job id as a string",
+                "Write SELECT sys.wait_for_job('<job_id>'), or bind it as a parameter.",
             )
-        job_id = arg.a_const.sval.sval
+        return await self._wait_for(arg.a_const.sval.sval, ctx)
+
+    async def _wait_for(self, job_id: str, ctx: StatementContext) -> Synthetic:
         if not is_job_id(job_id):
             raise _error("22023", f'invalid job id "{job_id}"')
         runner = await runner_for(ctx.cluster)

@@ -349,6 +349,30 @@ def parse_bind(body: bytes) -> Bind:
     return Bind(portal, statement)
 
 
+def bind_values(body: bytes) -> list[bytes | None]:
+    """The parameter values of a Bind body, as sent (text or binary per the client's formats).
+
+    Only for the few statements the emulator answers itself with bound values (a `Synthetic`
+    with ``resolve``); everything else is relayed without decoding its parameters.
+    """
+    r = _Reader(body)
+    r.cstr()
+    r.cstr()
+    formats = r.i16()
+    if formats < 0:
+        raise ProtocolError("Bind has a negative parameter format count")
+    for _ in range(formats):
+        r.i16()
+    count = r.i16()
+    if count < 0:
+        raise ProtocolError("Bind has a negative parameter count")
+    values: list[bytes | None] = []
+    for _ in range(count):
+        size = r.i32()
+        values.append(None if size == -1 else r.take(size))
+    return values
+
+
 def parse_describe(body: bytes) -> Describe:
     r = _Reader(body)
     kind = r.take(1)

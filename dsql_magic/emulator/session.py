@@ -116,6 +116,7 @@ class _Prepared:
     synthetic: Synthetic | None = None
     param_types: tuple[int, ...] = ()
     sql: str = ""  # what PostgreSQL was given (after a Forward)
+    values: Sequence[bytes | None] = ()  # a portal's bound values, kept only for `resolve`
 
 
 class Session:
@@ -914,6 +915,9 @@ class Session:
         self.ext_batch = True
         info = self.prepared.get(msg.statement)
         if info is not None and info.synthetic is not None:
+            if info.synthetic.resolve is not None:
+                values = protocol.bind_values(raw[5:])
+                info = _Prepared(info.stmt, info.synthetic, info.param_types, info.sql, values)
             self.portals[msg.portal] = info
             self._send_synthetic(protocol.BIND_COMPLETE)
             return
@@ -948,6 +952,14 @@ class Session:
         stmt = info.stmt if info is not None else None
         if info is not None and info.synthetic is not None:
             syn = info.synthetic
+            if syn.resolve is not None:
+                try:
+                    syn = await syn.resolve(info.values)
+                except DsqlError as err:
+                    if err.fatal:
+                        raise
+                    self._refuse_ext(err)
+                    return
             data = b"".join(protocol.encode_data_row(list(r)) for r in syn.rows)
             self._send_synthetic(data + _complete(syn.tag))
             return
