@@ -572,8 +572,17 @@ class JobRunner:
         return bool(rows and rows[0][0])
 
     async def _index_oid(self, build: IndexBuild) -> int | None:
+        return await self.relation_oid(build.schema, build.name)
+
+    async def relation_oid(self, schema: str, name: str) -> int | None:
+        """The relation's oid as committed now, seen from the runner's own connection.
+
+        A client session inside a transaction can hold a stale catalog snapshot (PostgreSQL
+        refreshes it when the session takes a lock), so it may not yet see an index a build has
+        just committed; this connection runs each query in a transaction of its own.
+        """
         rows = await self._fetch_values(
-            "SELECT to_regclass(%s)::oid", (_quote_qualified(build.schema, build.name),)
+            "SELECT to_regclass(%s)::oid", (_quote_qualified(schema, name),)
         )
         return None if not rows or rows[0][0] is None else int(rows[0][0])
 

@@ -304,10 +304,15 @@ class JobsHook:
             found = await self._resolve(ctx, names)
             if found is None and kind == "OBJECT_INDEX":
                 schema = names[0] if len(names) > 1 else await self._current_schema(ctx)
-                if await runner.cancel_for_object(f"{schema}.{names[-1]}", None):
-                    found = await self._resolve(ctx, names)  # it may have appeared meanwhile
-                    if found is None:
+                qualified = f"{schema}.{names[-1]}"
+                if await runner.cancel_for_object(qualified, None):
+                    # The build may have committed its (invalid) catalog entry before it stopped.
+                    # Ask the runner: this session's catalog snapshot may not show it yet. If it
+                    # is there, PostgreSQL drops it (DROP takes a lock, which refreshes it).
+                    oid = await runner.relation_oid(schema, names[-1])
+                    if oid is None:
                         continue
+                    found = (oid, qualified)
             if found is None:
                 only_jobs = False
                 continue
