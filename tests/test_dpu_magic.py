@@ -85,6 +85,17 @@ def test_badge_under_each_cell(emu_table: str, ip: InteractiveShell, dsql: DsqlM
     assert not [o for o in captured.outputs if "dsql-dpu-badge" in o.data.get("text/html", "")]
 
 
+def test_ledger_cells_carry_their_prompt_numbers(
+    emu_table: str, ip: InteractiveShell, dsql: DsqlMagic
+) -> None:
+    state_of(dsql).ledger.clear()
+    numbers = []
+    for _ in range(2):
+        result = ip.run_cell(f"%dsql SELECT * FROM {emu_table}", store_history=True)
+        numbers.append(result.execution_count)  # the cell's In [n]
+    assert [e.cell for e in entries(dsql, EMULATOR)] == numbers
+
+
 def test_dpu_option_estimates_reads_and_rolls_back_writes(
     emu_table: str, magic: Any, dsql: DsqlMagic
 ) -> None:

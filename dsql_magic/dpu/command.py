@@ -278,6 +278,12 @@ def _hook_badges(magic: Any, state: DpuState) -> None:
     state.hooked = True
 
     def post_run_cell(result: Any = None) -> None:
+        # Only here is the cell's number certain: IPython 9 counts the cell before running it,
+        # IPython 8 after, so the number read while it ran may be one ahead of its prompt.
+        number = getattr(result, "execution_count", None)
+        if isinstance(number, int) and state.unshown:
+            ids = {entry.id for entry in state.unshown}
+            state.unshown = state.ledger.renumber(ids, number)
         show_badges(magic)
 
     shell.events.register("post_run_cell", post_run_cell)

@@ -143,6 +143,16 @@ class DpuLedger:
                 return changed
         raise KeyError(entry_id)
 
+    def renumber(self, entry_ids: set[int], cell: int) -> list[LedgerEntry]:
+        """Give these entries their cell's number, once IPython has settled it."""
+        changed = []
+        for i, entry in enumerate(self.entries):
+            if entry.id in entry_ids and entry.cell != cell:
+                self.entries[i] = replace(entry, cell=cell)
+            if entry.id in entry_ids:
+                changed.append(self.entries[i])
+        return changed
+
     def pending(self) -> list[LedgerEntry]:
         return [e for e in self.entries if e.pending]
 
