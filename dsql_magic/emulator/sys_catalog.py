@@ -108,19 +108,8 @@ class JobRow:
     spec: dict[str, Any] = field(default_factory=dict)
 
     def insert_params(self) -> tuple[Any, ...]:
-        """Parameters for `INSERT_SQL`."""
-        return (
-            self.job_id,
-            self.status,
-            self.details,
-            self.job_type,
-            self.class_id,
-            self.object_id,
-            self.object_name,
-            self.start_time,
-            self.update_time,
-            json.dumps(self.spec),
-        )
+        """Parameters for `INSERT_SQL`: the public columns, then the build spec."""
+        return (*self.public(), json.dumps(self.spec))
 
     def update_params(self) -> tuple[Any, ...]:
         """Parameters for `UPDATE_SQL`."""
