@@ -7,14 +7,16 @@ numbers unless a test says why it lowers one (object counts, to keep the run sho
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
 
 from dsql_magic import limits
+from dsql_magic.emulator import rowsizes
 from dsql_magic.emulator.engine import Engine
 from dsql_magic.emulator.errors import DsqlError
+from dsql_magic.emulator.hooks import QueryResult
 from dsql_magic.emulator.policy import make_hook
 from dsql_magic.emulator.txnrules import TransactionRules, TxnLimits
 from tests.fix_dialect_pg import HookSession, hook_session
@@ -397,3 +399,169 @@ def test_oversize_column_fails_at_the_statement_key_by_commit(dialect_engine: En
         assert await s.rows("SELECT count(*) FROM when_t") == [("0",)]
 
     _run(dialect_engine, scenario)
+
+
+# --- the cheap paths of the size checks (rowsizes.py): behaviour and internal queries -----------
+
+
+def _record_internal_sql(s: HookSession) -> list[str]:
+    """Record the SQL the hooks run on the session's backend (the client's own is not in it)."""
+    log: list[str] = []
+    inner = s.ctx.executor
+
+    async def recording(sql: str, params: Sequence[object] = ()) -> list[QueryResult]:
+        log.append(sql)
+        return await inner(sql, params)
+
+    s.ctx.executor = recording
+    return log
+
+
+async def _big_table(s: HookSession, name: str, columns: str, rows: int, fillfactor: int) -> int:
+    """A table of ``rows`` rows with room for updates in place; returns its size in blocks."""
+    await s.run(f"CREATE TABLE {name} ({columns}) WITH (fillfactor = {fillfactor})")
+    await s._internal(
+        f"INSERT INTO {name} SELECT g::text, md5(g::text), g FROM generate_series(1, {rows}) g"
+    )
+    await s._internal(f"VACUUM ANALYZE {name}")
+    blocks = await s._internal(f"SELECT pg_relation_size('{name}') / 8192")
+    return int(blocks[-1].rows[0][0] or 0)
+
+
+async def _block_of(s: HookSession, table: str, where: str) -> int:
+    rows = await s.rows(f"SELECT (ctid::text::point)[0]::int FROM {table} WHERE {where}")
+    return int(rows[0][0] or 0)
+
+
+def test_pgbench_n_shape_scans_no_whole_table_and_runs_three_internal_queries(
+    dialect_engine: Engine,
+) -> None:
+    """BEGIN; UPDATE (in place); SELECT; INSERT; END: a lookup per write and one COMMIT query."""
+
+    async def scenario(s: HookSession) -> None:
+        await s.run(
+            "CREATE TABLE nacc (aid int PRIMARY KEY, bid int, abalance int, filler char(84)) "
+            "WITH (fillfactor = 90)"
+        )
+        await s.run("CREATE TABLE nhist (tid int, bid int, aid int, delta int, mtime timestamp)")
+        await s._internal("INSERT INTO nacc SELECT g, 1, 0, '' FROM generate_series(1, 30000) g")
+        await s._internal("VACUUM ANALYZE nacc")
+        log = _record_internal_sql(s)
+        for aid, delta in ((17, 5), (23, -3), (17, 4)):
+            log.clear()
+            await s.run("BEGIN")
+            await s.run(f"UPDATE nacc SET abalance = abalance + {delta} WHERE aid = {aid}")
+            assert await s.rows(f"SELECT abalance FROM nacc WHERE aid = {aid}")
+            await s.run(f"INSERT INTO nhist VALUES (1, 1, {aid}, {delta}, now())")
+            assert await s.run("END") == "COMMIT"
+            scans = [part for sql in log for part in sql.split(" UNION ALL ") if "xmin" in part]
+            assert any("public.nacc" in scan for scan in scans)  # measured, in its tail only
+            assert not any("public.nacc" in scan and "'(0,0)'::tid" in scan for scan in scans)
+            if aid == 23:  # the catalog lookups are cached by now
+                assert len(log) == 3, log  # two lookups (UPDATE, INSERT), one COMMIT query
+        # The updated row versions stayed in place, far from the scanned tail.
+        assert await _block_of(s, "nacc", "aid = 17") < 10
+        assert await s.rows("SELECT abalance FROM nacc WHERE aid = 17") == [("9",)]
+
+    _run(dialect_engine, scenario)
+
+
+def test_update_in_place_of_a_big_table_refuses_oversize_column_and_row(
+    dialect_engine: Engine,
+) -> None:
+    col = limits.MAX_COLUMN_BYTES
+
+    async def scenario(s: HookSession) -> None:
+        await _big_table(
+            s, "inplace_t", "k text PRIMARY KEY, v text, n int, a text, b text", 20000, 50
+        )
+        await s.run("BEGIN")
+        err = await _fails(s, f"UPDATE inplace_t SET v = repeat('a', {col + 1}) WHERE k = '5'")
+        assert (err.sqlstate, err.message) == ("54000", "maximum column size exceeds limit")
+        await s.run("ROLLBACK")
+        three = f"v = repeat('a', {col}), a = repeat('b', {col}), b = repeat('c', {col})"
+        err = await _fails(s, f"UPDATE inplace_t SET {three} WHERE k = '6'")
+        assert err.message == "maximum row size exceeds limit"
+        # At the limit it passes, and the new version is in place (not in the heap's tail).
+        await s.run(f"UPDATE inplace_t SET v = repeat('a', {col}) WHERE k = '7'")
+        assert await _block_of(s, "inplace_t", "k = '7'") < 10
+
+    _run(dialect_engine, scenario)
+
+
+def test_key_size_broken_by_an_update_of_a_key_column_in_place(dialect_engine: Engine) -> None:
+    key = limits.MAX_KEY_BYTES
+
+    async def scenario(s: HookSession) -> None:
+        await _big_table(s, "keyup_t", "k text PRIMARY KEY, v text, n int", 20000, 50)
+        log = _record_internal_sql(s)
+        await s.run("BEGIN")
+        await s.run(f"UPDATE keyup_t SET k = repeat('k', {key + 1}) WHERE k = '5'")
+        assert await _block_of(s, "keyup_t", "n = 5") < 10  # in place: not in the tail
+        err = await _fails(s, "COMMIT")
+        assert (err.sqlstate, err.message) == ("54000", "key size too large")
+        assert any("'(0,0)'::tid" in sql for sql in log)  # the exact scan that found it
+        # The same UPDATE of a non-key column is estimated, not scanned.
+        log.clear()
+        await s.run("BEGIN")
+        await s.run("UPDATE keyup_t SET n = n + 1 WHERE k = '5'")
+        assert await s.run("COMMIT") == "COMMIT"
+        assert not any("'(0,0)'::tid" in sql for sql in log)
+        await s.run(f"UPDATE keyup_t SET k = repeat('k', {key}) WHERE k = '6'")  # at the limit
+
+    _run(dialect_engine, scenario)
+
+
+def test_size_limit_reached_by_inserts_into_reused_free_space(dialect_engine: Engine) -> None:
+    """110 rows of 100 kB: stored compressed inline (no TOAST), early in the heap, 11 MB raw."""
+
+    async def scenario(s: HookSession) -> None:
+        blocks = await _big_table(s, "reuse_sz", "k text PRIMARY KEY, v text, n int", 40000, 100)
+        await s._internal("DELETE FROM reuse_sz WHERE n <= 15000")
+        await s._internal("VACUUM reuse_sz")  # free space at the start of the heap, in the FSM
+        toast = "SELECT pg_stat_get_xact_tuples_inserted(reltoastrelid) FROM pg_class "
+        toast += "WHERE oid = 'reuse_sz'::regclass"
+        await s.run("BEGIN")
+        before = await s.rows(toast)
+        await s.run(
+            "INSERT INTO reuse_sz SELECT 'r' || g, repeat('x', 100000), -g "
+            "FROM generate_series(1, 110) g"
+        )
+        assert await s.rows(toast) == before  # nothing went to TOAST
+        assert await _block_of(s, "reuse_sz", "n = -110") < blocks - 200  # far from the tail
+        err = await _fails(s, "COMMIT")
+        assert (err.sqlstate, err.message) == ("54000", "transaction size limit 10mb exceeded")
+        assert err.detail == "Current transaction size 11mb > 10mb"
+        # Half of it passes.
+        await s.run("BEGIN")
+        await s.run(
+            "INSERT INTO reuse_sz SELECT 'r' || g, repeat('x', 100000), -g "
+            "FROM generate_series(1, 55) g"
+        )
+        assert await s.run("COMMIT") == "COMMIT"
+
+    _run(dialect_engine, scenario)
+
+
+def test_table_metadata_is_looked_up_once_per_catalog_change(dialect_engine: Engine) -> None:
+    rules = TransactionRules()
+    hooks: list[object] = [rules]
+
+    async def scenario(s: HookSession) -> None:
+        await s.run("CREATE TABLE meta_t (id int PRIMARY KEY, v text)")
+        log = _record_internal_sql(s)
+        for i in range(3):
+            await s.run(f"INSERT INTO meta_t VALUES ({i}, 'x')")
+        assert log.count(rowsizes.META_SQL) == 1
+        await s.run("ALTER TABLE meta_t ADD COLUMN w text")
+        await s.run("INSERT INTO meta_t VALUES (10, 'x', repeat('w', 2000))")
+        assert log.count(rowsizes.META_SQL) == 2
+        await s.run("ALTER TABLE meta_t DROP COLUMN v")  # a stale query would name v
+        await s.run(f"INSERT INTO meta_t VALUES (11, repeat('w', {limits.MAX_KEY_BYTES + 1}))")
+        await s.run(f"INSERT INTO meta_t VALUES (12, repeat('w', {limits.MAX_COLUMN_BYTES}))")
+        err = await _fails(
+            s, f"INSERT INTO meta_t VALUES (13, repeat('w', {limits.MAX_COLUMN_BYTES + 1}))"
+        )
+        assert err.message == "maximum column size exceeds limit"
+
+    _run(dialect_engine, scenario, hooks=hooks)

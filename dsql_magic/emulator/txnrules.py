@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .. import limits
+from . import rowsizes
 from .dialect import RuleSet, load_rules
 from .errors import DsqlError
 from .statements import Statement, StatementKind
@@ -52,8 +53,7 @@ class TxnState:
     rows: int = 0
     wrote: bool = False
     versions: int = 0  # new row versions (INSERT, UPDATE, COPY rows), per the command tags
-    toasted: dict[str, int] = field(default_factory=dict)  # TOAST inserts seen, by table oid
-    tables: set[str] = field(default_factory=set)
+    writes: rowsizes.Writes = field(default_factory=rowsizes.Writes)  # by table
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def _is_dml(stmt: Statement) -> bool:
     """INSERT/UPDATE/DELETE/COPY FROM, and queries whose WITH clause modifies data."""
     if stmt.kind is StatementKind.DML:
         return True
-    if stmt.kind is not StatementKind.QUERY or "with" not in stmt.pg_text.lower():
+    if stmt.kind is not StatementKind.QUERY or not stmt.mentions("with"):
         return False  # (skips two parse-tree walks for the plain queries that cannot modify)
     return not stmt.read_only and not stmt.locks_rows
 
@@ -114,32 +114,16 @@ def _relation_literal(schema: str | None, name: str) -> str:
     return ident
 
 
-_FIRST_TAIL_BLOCKS = 16
 _NEW_VERSION_COMMANDS = frozenset({"INSERT", "UPDATE", "COPY"})
-# Tables whose TOAST relation this transaction inserted into, with what _measure_table needs.
-_TOASTED_SQL = (
-    "SELECT c.oid::text, quote_ident(n.nspname) || '.' || quote_ident(c.relname), "
-    "t.n_tup_ins::text, "
-    "(pg_relation_size(c.oid) / current_setting('block_size')::int)::text, "
-    "pg_current_xact_id_if_assigned()::text "
-    "FROM pg_stat_xact_all_tables t "
-    "JOIN pg_class c ON c.reltoastrelid = t.relid "
-    "JOIN pg_namespace n ON n.oid = c.relnamespace "
-    "WHERE t.n_tup_ins > 0 AND has_table_privilege(c.oid, 'SELECT')"
-)
+_INSERT_COMMANDS = frozenset({"INSERT", "COPY"})
 
 
-@dataclass(frozen=True)
-class _Written:
-    """A table this transaction wrote to, and its size in blocks."""
-
-    relid: str
-    qualified: str
-    blocks: int
-
-    def tail_start(self, versions: int) -> int:
-        """First block of a tail big enough for ``versions`` new rows, one per block."""
-        return max(0, self.blocks - _FIRST_TAIL_BLOCKS - versions)
+def _write_target(stmt: Statement) -> Any:
+    """The RangeVar an INSERT, UPDATE or COPY FROM writes to (None if there is none)."""
+    if stmt.node_name not in ("insert_stmt", "update_stmt", "copy_stmt"):
+        return None
+    rel = getattr(stmt.inner, "relation", None)
+    return rel if rel is not None and rel.relname else None
 
 
 class TransactionRules:
@@ -155,6 +139,7 @@ class TransactionRules:
         self.limits = limits_ or TxnLimits()
         self.clock = clock
         self._rules = rules
+        self._metas = rowsizes.MetaCache()  # table metadata, shared by the sessions
 
     def _error(self, rule_id: str, **params: str) -> DsqlError:
         rules = self._rules or load_rules()
@@ -210,7 +195,11 @@ class TransactionRules:
     async def after(self, stmt: Statement, result: CommandResult, ctx: StatementContext) -> None:
         """Count mutated rows; fail the statement that crosses the row limit."""
         if stmt.kind is not StatementKind.DML:
-            return  # (a data-modifying WITH reports the rows it returns, not those it changed)
+            if stmt.kind is StatementKind.QUERY and _is_dml(stmt):
+                # A data-modifying WITH reports the rows it returns, not those it changed.
+                state = self._state(ctx)
+                state.wrote = state.writes.indirect = state.writes.unknown_rows = True
+            return
         state = self._state(ctx)
         rows = result.rows_affected or 0
         if rows:
@@ -220,7 +209,9 @@ class TransactionRules:
                 raise self._error("row-limit")
             if stmt.command in _NEW_VERSION_COMMANDS:
                 state.versions += rows
-                await self._check_toasted(ctx, state)
+                await self._after_write(stmt, rows, ctx, state)
+            elif stmt.command != "DELETE":  # MERGE: which rows are new versions is not known
+                state.writes.indirect = state.writes.unknown_rows = True
 
     async def before_commit(self, ctx: StatementContext) -> None:
         """Age, transaction size and key/row/column sizes of the rows this transaction wrote."""
@@ -228,11 +219,17 @@ class TransactionRules:
         if ctx.in_transaction:
             self._check_age(state)
         if state.wrote:
-            await self._check_written_rows(ctx)
+            await self._check_written_rows(ctx, state)
 
     async def after_end(self, ctx: StatementContext, committed: bool) -> None:
-        """Forget the finished transaction (robust even if the session reuses ``ctx.txn``)."""
-        ctx.txn.pop(_STATE_KEY, None)
+        """Forget the finished transaction (robust even if the session reuses ``ctx.txn``).
+
+        After DDL, forget the cached table metadata too (the cluster's catalog version only
+        moves when the schema-version hook runs).
+        """
+        state = ctx.txn.pop(_STATE_KEY, None)
+        if state is not None and state.ddl:
+            self._metas.invalidate()
 
     # --- catalog-dependent limits ------------------------------------------------------------
 
@@ -337,119 +334,140 @@ class TransactionRules:
                 if col in pk:
                     raise self._error("drop-primary-key-column", column=col)
 
-    # --- sizes of the rows written -----------------------------------------------------------
+    # --- sizes of the rows written (see rowsizes.py for how they are found cheaply) ----------
 
-    async def _check_toasted(self, ctx: StatementContext, state: TxnState) -> None:
-        """Column and row sizes at the statement, when it wrote a large value.
+    def _judge(self, m: rowsizes.Measured) -> None:
+        """Refuse the largest key, column or row measured if it breaks DSQL's limit."""
+        if m.max_key > self.limits.max_key_bytes:
+            raise self._error("key-size")
+        if m.max_column > self.limits.max_column_bytes:
+            raise self._error("column-size")
+        if m.max_row > self.limits.max_row_bytes:
+            raise self._error("row-size")
 
-        A value of more than about 2 KB is moved to the table's TOAST relation, so a rise in the
-        transaction's TOAST inserts (one cheap statistics query) is the sign that the statement
-        may have written an oversize column or row; only then are the new rows measured, in the
-        heap's tail. What that misses (and key sizes) is caught at COMMIT.
+    async def _measure(
+        self, ctx: StatementContext, scans: list[tuple[rowsizes.TableMeta, int]], xid32: int
+    ) -> dict[str, rowsizes.Measured]:
+        found = await rowsizes.measure(ctx, scans, xid32)
+        for m in found.values():
+            self._judge(m)
+        return found
+
+    async def _after_write(
+        self, stmt: Statement, rows: int, ctx: StatementContext, state: TxnState
+    ) -> None:
+        """Note what a write statement did to its table; measure now if it wrote a large value.
+
+        One lookup for the statement's target table (its TOAST inserts, size and the xid).
+        A value over the column limit always goes to TOAST (rowsizes.py says why), so only a
+        rise in that counter prompts measuring at the statement, in the heap's tail first.
         """
-        found = await ctx.execute(_TOASTED_SQL)
-        for relid, qualified, toasted, blocks, xid in found[-1].rows if found else ():
-            if relid is None or qualified is None or xid is None:
-                continue
-            count = int(toasted or 0)
-            if count <= state.toasted.get(relid, 0):
-                continue
-            state.toasted[relid] = count
-            table = _Written(relid, qualified, int(blocks or 0))
-            start = table.tail_start(state.versions)
-            await self._measure_table(ctx, table, int(xid) % (1 << 32), start)
+        writes = state.writes
+        target = _write_target(stmt)
+        if target is None:
+            writes.indirect = True
+            return
+        found = await ctx.execute(rowsizes.PROBE_SQL, (_relation_literal(*_qualified(target)),))
+        row = found[-1].rows[0] if found and found[-1].rows else None
+        if row is None or row[0] is None:
+            writes.indirect = True
+            return
+        _, relkind, toasted, blocks, relpages, reltuples, block_size, xid, readable, toast_data = (
+            row
+        )
+        relid = str(row[0])
+        writes.xid32 = rowsizes.xid32_of(xid) if xid is not None else writes.xid32
+        meta = await self._metas.get(ctx, relid) if relkind == "r" else None
+        if meta is None:
+            writes.indirect = True  # a view or partitioned table: its tables are found at COMMIT
+            return
+        table = writes.tables.get(relid)
+        if table is None:
+            table = writes.tables[relid] = rowsizes.TableWrites(meta, readable == "true")
+        table.versions += rows
+        table.blocks = int(blocks or 0)
+        table.row_width = rowsizes.stored_row_width(relpages, reltuples, block_size)
+        table.toast_data = toast_data == "true"
+        if stmt.command in _INSERT_COMMANDS:
+            table.inserted += rows
+        assigned = rowsizes.assigned_columns(stmt.inner, stmt.node_name)
+        if any(col in meta.indexed for col in assigned):
+            table.key_updated = True
+        count = int(toasted or 0)
+        if count <= table.toasted:
+            return
+        table.toasted, table.toast_rose = count, True
+        if not table.selectable or writes.xid32 is None:
+            return
+        tail = await self._measure(ctx, [(meta, table.tail_start())], writes.xid32)
+        if tail.get(relid, rowsizes.Measured()).found < table.versions:
+            await self._measure(ctx, [(meta, 0)], writes.xid32)  # rare: large values, reused space
 
-    async def _check_written_rows(self, ctx: StatementContext) -> None:
+    async def _check_written_rows(self, ctx: StatementContext, state: TxnState) -> None:
         """Measure what this transaction inserted or updated; refuse oversize rows or totals.
 
         Rows this transaction wrote are those whose ``xmin`` is its own xid or one of its
         subtransactions' (all at least the top xid; rows of later transactions are not in its
         REPEATABLE READ snapshot). Only tables the session may SELECT from can be measured.
+        One query scans every written table's tail; whole tables are scanned only when rows
+        not in the tail could break a limit (`TableWrites.needs_exact`) or when the estimate of
+        the others' bytes would take the transaction over its size limit.
         """
-        xid_rows = await ctx.execute("SELECT pg_current_xact_id_if_assigned()::text")
-        xid_text = xid_rows[-1].rows[0][0] if xid_rows and xid_rows[-1].rows else None
-        if xid_text is None:
+        writes = state.writes
+        if writes.indirect:
+            await self._check_all_written(ctx, state)
             return
-        xid32 = int(xid_text) % (1 << 32)
-        found_tables = await ctx.execute(
-            "SELECT s.relid::text, quote_ident(s.schemaname) || '.' || quote_ident(s.relname), "
-            "(pg_relation_size(s.relid) / current_setting('block_size')::int)::text "
-            "FROM pg_stat_xact_user_tables s "
-            "WHERE s.n_tup_ins + s.n_tup_upd > 0 AND has_table_privilege(s.relid, 'SELECT')"
-        )
-        tables = [
-            _Written(relid, qualified, int(blocks or 0))
-            for relid, qualified, blocks in (found_tables[-1].rows if found_tables else ())
-            if relid is not None and qualified is not None
-        ]
-        # New row versions of an appending transaction sit at the end of the heap: first scan
-        # each table's tail (a TID range scan); when fewer rows than the transaction wrote are
-        # there (free space reused, updates in place), scan the whole tables.
-        versions = self._state(ctx).versions
-        found = total = 0
-        for table in tables:
-            rows, size = await self._measure_table(ctx, table, xid32, table.tail_start(versions))
-            found, total = found + rows, total + size
-        if found < versions:
-            total = 0
-            for table in tables:
-                total += (await self._measure_table(ctx, table, xid32, 0))[1]
+        tables = [t for t in writes.tables.values() if t.selectable and t.versions]
+        xid32 = writes.xid32
+        if not tables or xid32 is None:
+            return
+        tail = await self._measure(ctx, [(t.meta, t.tail_start()) for t in tables], xid32)
+        exact: dict[str, int] = {}  # relid -> bytes, for tables whose rows were all measured
+        estimated: dict[str, float] = {}  # relid -> estimated bytes of versions not found
+        rescan: list[rowsizes.TableWrites] = []
+        for t in tables:
+            m = tail.get(t.meta.relid, rowsizes.Measured())
+            if t.needs_exact(m.found):
+                rescan.append(t)
+                continue
+            exact[t.meta.relid] = m.total
+            missing = t.versions - m.found
+            if missing > 0:
+                width = max(t.row_width or t.meta.type_width, m.total / m.found if m.found else 0)
+                estimated[t.meta.relid] = missing * width
+        if sum(exact.values()) + sum(estimated.values()) > self.limits.max_bytes:
+            rescan += [t for t in tables if t.meta.relid in estimated]
+            estimated.clear()
+        if rescan:
+            full = await self._measure(ctx, [(t.meta, 0) for t in rescan], xid32)
+            for t in rescan:
+                exact[t.meta.relid] = full.get(t.meta.relid, rowsizes.Measured()).total
+        self._check_total(sum(exact.values()))
+
+    async def _check_all_written(self, ctx: StatementContext, state: TxnState) -> None:
+        """COMMIT after writes not tied to one plain table: every table the statistics show
+        written is measured, in its tail and then whole if rows are missing (the slow path)."""
+        found_tables = await ctx.execute(rowsizes.WRITTEN_TABLES_SQL)
+        scans: list[tuple[rowsizes.TableMeta, int]] = []
+        xid32: int | None = None
+        for relid, blocks, xid in found_tables[-1].rows if found_tables else ():
+            meta = await self._metas.get(ctx, relid) if relid is not None else None
+            xid32 = rowsizes.xid32_of(xid)
+            if meta is not None:
+                start = int(blocks or 0) - rowsizes.TAIL_SLACK_BLOCKS - state.versions
+                scans.append((meta, max(0, start)))
+        if not scans or xid32 is None:
+            return
+        tail = await self._measure(ctx, scans, xid32)
+        total = sum(m.total for m in tail.values())
+        if state.writes.unknown_rows or sum(m.found for m in tail.values()) < state.versions:
+            full = await self._measure(ctx, [(meta, 0) for meta, _ in scans], xid32)
+            total = sum(m.total for m in full.values())
+        self._check_total(total)
+
+    def _check_total(self, total: float) -> None:
         if total > self.limits.max_bytes:
             raise self._error("size-limit", size=str(math.ceil(total / limits.MIB)))
-
-    async def _measure_table(
-        self, ctx: StatementContext, table: _Written, xid32: int, start: int
-    ) -> tuple[int, int]:
-        """Scan ``table`` from block ``start`` for this transaction's rows; refuse oversize ones.
-
-        Returns how many of its rows were found there and their total size in bytes.
-        """
-        relid, qualified = table.relid, table.qualified
-        cols = await ctx.execute(
-            "SELECT quote_ident(attname), format_type(atttypid, NULL), attnum::text "
-            "FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped "
-            "ORDER BY attnum",
-            (relid,),
-        )
-        columns = [(r[0] or "", r[1] or "", int(r[2] or 0)) for r in cols[-1].rows] if cols else []
-        if not columns:
-            return 0, 0
-        keys = await ctx.execute(
-            "SELECT array_to_string(indkey, ' ') FROM pg_index WHERE indrelid = $1", (relid,)
-        )
-        key_sets = []
-        for (indkey,) in keys[-1].rows if keys else ():
-            nums = [int(n) for n in (indkey or "").split() if n != "0"]
-            key_sets.append(nums)
-        by_num = {num: i for i, (_, _, num) in enumerate(columns)}
-
-        def size(name: str, typ: str) -> str:
-            if typ in ("text", "character varying", "character", "bytea"):
-                return f"coalesce(octet_length(x.{name}), 0)"
-            return f"coalesce(pg_column_size(x.{name}), 0)"
-
-        sizes = [size(name, typ) for name, typ, _ in columns]
-        key_exprs = [
-            " + ".join(sizes[by_num[n]] for n in nums if n in by_num) for nums in key_sets if nums
-        ]
-        row_expr = " + ".join(sizes)
-        col_expr = f"greatest({', '.join(sizes)})" if len(sizes) > 1 else sizes[0]
-        key_expr = f"greatest({', '.join(key_exprs)})" if key_exprs else "0"
-        result = await ctx.execute(
-            f"SELECT count(*)::text, coalesce(sum({row_expr}), 0)::text, "
-            f"coalesce(max({row_expr}), 0)::text, coalesce(max({col_expr}), 0)::text, "
-            f"coalesce(max({key_expr}), 0)::text FROM ONLY {qualified} x "
-            f"WHERE x.ctid >= $2::tid AND x.xmin::text::bigint >= $1",
-            (str(xid32), f"({start},0)"),
-        )
-        found, total, max_row, max_col, max_key = (int(v or 0) for v in result[-1].rows[0])
-        if max_key > self.limits.max_key_bytes:
-            raise self._error("key-size")
-        if max_col > self.limits.max_column_bytes:
-            raise self._error("column-size")
-        if max_row > self.limits.max_row_bytes:
-            raise self._error("row-size")
-        return found, total
 
 
 def make_hook(config: object = None) -> TransactionRules | None:
