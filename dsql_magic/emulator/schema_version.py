@@ -15,7 +15,6 @@ This module is a hook and the OC001 error constructor only; it must not touch Po
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from .errors import DsqlError
@@ -25,8 +24,6 @@ from .statements import Statement, StatementKind
 SERIALIZATION_FAILURE = "40001"
 _KEY = "catalog_version"
 _CHANGED = "catalog_changed"
-
-pb: Any = importlib.import_module("postgast.pg_query_pb2")
 
 
 def schema_conflict() -> DsqlError:
@@ -43,13 +40,7 @@ def changes_catalog(stmt: Statement) -> bool:
 
 def reads_relations(stmt: Statement) -> bool:
     """True if the statement names any table, view or index (so it reads the catalog)."""
-    if stmt.kind in (StatementKind.DML, StatementKind.DDL):
-        return True
-    if stmt.kind is not StatementKind.QUERY or stmt.node is None:
-        return False
-    import postgast
-
-    return any(True for _ in postgast.find_nodes(stmt.node, pb.RangeVar))
+    return stmt.reads_relations
 
 
 class SchemaVersionHook:
