@@ -27,7 +27,7 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, NamedTuple, TypeVar, overload
 
 import postgast
 
@@ -243,14 +243,13 @@ class Statement:
         """``pg_text`` lower-cased: for cheap "could the tree hold X" tests before a walk."""
         return self.pg_text.lower()
 
-    def mentions(self, *words: str) -> bool:
-        """True if every word occurs in the text (case-insensitively).
+    def mentions(self, word: str) -> bool:
+        """True if ``word`` (lower-case) occurs in the text, in any case.
 
         A necessary condition for a keyword being in the statement, so False rules a tree walk
         out; True decides nothing (the word may be in a string or a name).
         """
-        text = self.lower_text
-        return all(word in text for word in words)
+        return word in self.lower_text
 
     @_cached
     def facts(self) -> TreeFacts:
@@ -324,7 +323,8 @@ _RELATION_WORDS = ("from", "table", "into", "of")
 
 def _may_lock(stmt: Statement) -> bool:
     """A locking clause needs FOR and one of UPDATE/SHARE (NO KEY UPDATE, KEY SHARE)."""
-    return stmt.mentions("for") and (stmt.mentions("update") or stmt.mentions("share"))
+    text = stmt.lower_text
+    return "for" in text and ("update" in text or "share" in text)
 
 
 def _explain_analyzes(explain: Any) -> bool:
@@ -470,8 +470,7 @@ def _from_locations(
     return tuple(out)
 
 
-@dataclass(frozen=True)
-class _Token:
+class _Token(NamedTuple):
     start: int  # byte offsets into the UTF-8 encoded text
     end: int
     token: str
@@ -482,7 +481,7 @@ def _token_names() -> dict[int, str]:
 
 
 _TOKEN_NAMES = _token_names()
-_COMMENT_TOKENS = frozenset({"SQL_COMMENT", "C_COMMENT"})
+_COMMENT_CODES = frozenset({pb.Token.Value("SQL_COMMENT"), pb.Token.Value("C_COMMENT")})
 
 
 def _token_name(value: int) -> str:
@@ -492,13 +491,14 @@ def _token_name(value: int) -> str:
 
 
 def _tokens(data: bytes) -> list[_Token]:
+    """The scanner's tokens, comments left out."""
     scanned = postgast.scan(data.decode("utf-8"))
-    out = []
-    for t in scanned.tokens:
-        name = _token_name(t.token)
-        if name not in _COMMENT_TOKENS:
-            out.append(_Token(t.start, t.end, name))
-    return out
+    comments = _COMMENT_CODES
+    return [
+        _Token(t.start, t.end, _token_name(t.token))
+        for t in scanned.tokens
+        if t.token not in comments
+    ]
 
 
 def _upper(data: bytes, token: _Token) -> str:
@@ -506,9 +506,15 @@ def _upper(data: bytes, token: _Token) -> str:
     return data[token.start : token.end].decode("utf-8").upper()
 
 
+# The first words of DSQL-only syntax (AWS IAM GRANT/REVOKE, CREATE INDEX ASYNC, ALTER TABLE ASYNC).
+_DSQL_FIRST_WORDS = frozenset({"AWS", "CREATE", "ALTER"})
+
+
 def _chunk(data: bytes, tokens: list[_Token]) -> Statement:
     """Recognise DSQL-only syntax in one statement's tokens, then parse what PostgreSQL knows."""
     text = data[tokens[0].start : tokens[-1].end].decode("utf-8") if tokens else ""
+    if not tokens or _upper(data, tokens[0]) not in _DSQL_FIRST_WORDS:
+        return _from_parse(text, text, False)
     words = [_upper(data, t) for t in tokens[:4]]
     if words[:3] in (["AWS", "IAM", "GRANT"], ["AWS", "IAM", "REVOKE"]):
         return Statement(text, text, StatementKind.IAM, " ".join(words[:3]))
