@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from . import errors, protocol
 from .cluster import BackendAddress
@@ -118,6 +118,31 @@ class Backend:
     def write(self, data: bytes) -> None:
         self.writer.write(data)
 
+    def relay_to(self, on_data: Callable[[bytes], None], on_lost: Callable[[], None]) -> None:
+        """From now on hand every chunk PostgreSQL sends straight to ``on_data``.
+
+        The relay is the hot path: a protocol callback saves the StreamReader's copy and a task
+        wake-up per chunk. ``on_lost`` is called once when the connection ends. `read_frame`
+        and `execute` must not be used afterwards.
+        """
+        transport = self.writer.transport
+        stream_protocol = transport.get_protocol()
+        buffered: bytearray = self.reader._buffer  # type: ignore[attr-defined]
+        leftover = bytes(buffered)
+        buffered.clear()
+        transport.set_protocol(_Relay(stream_protocol, on_data, on_lost))
+        if leftover:
+            asyncio.get_running_loop().call_soon(on_data, leftover)
+
+    def pause_reading(self) -> None:
+        """Stop reading PostgreSQL's output (the client is not keeping up)."""
+        with contextlib.suppress(Exception):
+            self.writer.transport.pause_reading()  # type: ignore[attr-defined]
+
+    def resume_reading(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.transport.resume_reading()  # type: ignore[attr-defined]
+
     async def execute(self, sql: str, params: Sequence[object] = ()) -> list[QueryResult]:
         """Run internal SQL while no relay is active (simple protocol, or extended with params)."""
         if params:
@@ -162,6 +187,37 @@ class Backend:
     async def wait_closed(self) -> None:
         with contextlib.suppress(Exception):
             await self.writer.wait_closed()
+
+
+class _Relay(asyncio.Protocol):
+    """The backend connection's protocol once the relay runs (see `Backend.relay_to`)."""
+
+    def __init__(
+        self,
+        stream_protocol: asyncio.BaseProtocol,
+        on_data: Callable[[bytes], None],
+        on_lost: Callable[[], None],
+    ) -> None:
+        self._stream_protocol = stream_protocol
+        self._on_data = on_data
+        self._on_lost = on_lost
+
+    def data_received(self, data: bytes) -> None:
+        self._on_data(data)
+
+    def eof_received(self) -> bool:
+        return False  # close the transport: PostgreSQL has gone
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # The stream protocol still owns `wait_closed()`: let it know as well.
+        self._stream_protocol.connection_lost(exc)
+        self._on_lost()
+
+    def pause_writing(self) -> None:
+        self._stream_protocol.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._stream_protocol.resume_writing()
 
 
 async def send_cancel(address: BackendAddress, pid: int, secret: int) -> None:

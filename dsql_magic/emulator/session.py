@@ -8,9 +8,10 @@ StartupMessage. The session authenticates (the password is an IAM token checked 
   Parse, Bind, Describe, Execute, Close, Sync); everything else is forwarded as bytes. The statement
   hooks of docs/internals.md run here, in order, and may refuse (`DsqlError`), rewrite (`Forward`)
   or answer (`Synthetic`) a statement.
-* backend → client (`_backend_loop`): frames are matched against a queue of expected responses
-  (`_Unit`s), so replies the session makes itself keep their place in a pipeline, and so
-  CommandComplete / ReadyForQuery / ErrorResponse can be held, rewritten or swallowed.
+* backend → client (`_on_backend_data`, a protocol callback): frames are matched against a queue
+  of expected responses (`_Unit`s), so replies the session makes itself keep their place in a
+  pipeline, and so CommandComplete / ReadyForQuery / ErrorResponse can be held, rewritten or
+  swallowed.
 
 How refusals abort a transaction: the refused statement is replaced, on the backend, by a statement
 that fails (`_FAIL_SQL`), and its error is replaced by the refusal. PostgreSQL then does the rest
@@ -56,6 +57,7 @@ _INTERNAL = "_dsql_emulator_internal"
 _GUARD = "_dsql_emulator_guard"  # the internal savepoint around a guarded statement
 _READ_SIZE = 256 * 1024
 _HIGH_WATER = 1 << 20  # drain the client writer above this many buffered bytes
+_CORK_LIMIT = 1 << 16  # hold at most this many relayed bytes for the session's reply
 
 
 class UnitKind(enum.Enum):
@@ -151,8 +153,12 @@ class Session:
         self.copy_in = asyncio.Event()
         self.closing = False
         self.expired = False
-        self._backend_task: asyncio.Task[None] | None = None
-        self._copy_wake: asyncio.Future[None] | None = None
+        self._backend_alive = False  # the relay from PostgreSQL runs (see `_start_relay`)
+        self._backend_fb = protocol.FrameBuffer(1 << 30)
+        self._drain_task: asyncio.Task[None] | None = None
+        # What `_wait` sleeps on: resolved when its unit ends, COPY IN starts or all fails.
+        self._wake: asyncio.Future[None] | None = None
+        self._waiting_for: _Unit | None = None
         self._wbuf: list[bytes] = []  # backend-bound bytes not yet written (see `_send`)
         self._cbuf: list[bytes] = []  # session-made replies not yet written to the client
         self._age_timer: asyncio.TimerHandle | None = None
@@ -203,7 +209,7 @@ class Session:
         assert self.backend is not None and self.handle is not None
         loop = asyncio.get_running_loop()
         self._age_timer = loop.call_later(self.cluster.settings.max_connection_age, self._expire)
-        self._backend_task = asyncio.create_task(self._backend_loop())
+        self._start_relay()
         try:
             await self._hooks_connect()
             await self._client_loop()
@@ -233,10 +239,8 @@ class Session:
             for hook in self.h_disconnect:
                 with contextlib.suppress(Exception):
                     await hook(self.ctx)
-        if self._backend_task is not None:
-            self._backend_task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._backend_task
+        if self._drain_task is not None:
+            self._drain_task.cancel()
         self._fail_pending()
         if self.backend is not None:
             self.backend.close()
@@ -268,6 +272,7 @@ class Session:
     def _close_expired(self) -> None:
         self.closing = True
         with contextlib.suppress(Exception):
+            self._flush_client()
             self.writer.write(protocol.encode_error(errors.connection_age_exceeded()))
         self._close_client()
         if self.backend is not None:
@@ -326,51 +331,101 @@ class Session:
 
     # --- backend → client --------------------------------------------------------------------
 
-    async def _backend_loop(self) -> None:
+    def _start_relay(self) -> None:
         assert self.backend is not None
-        fb = protocol.FrameBuffer(1 << 30)
-        writer = self.writer
+        self._backend_fb = protocol.FrameBuffer(1 << 30)
+        self._backend_alive = True
+        self.backend.relay_to(self._on_backend_data, self._backend_gone)
+
+    def _on_backend_data(self, data: bytes) -> None:
+        """A chunk from PostgreSQL: route its frames, relay what the client is owed."""
+        if not self._backend_alive:
+            return
+        fb = self._backend_fb
         try:
-            while True:
-                data = await self.backend.read_chunk()
-                if not data:
-                    break
-                fb.feed(data)
-                out: list[bytes] = []
-                extra: list[bytes] = []
-                run_start = run_end = -1
-                while (item := fb.next_frame()) is not None:
-                    type_, start, end = item
-                    relay = self._on_backend(bytes((type_,)), fb, start, end, extra)
-                    if relay:
-                        if run_start < 0:
-                            run_start = start
-                        run_end = end
-                    if (extra or not relay) and run_start >= 0:
-                        out.append(fb.raw(run_start, run_end))
-                        run_start = -1
-                    if extra:
-                        out.extend(extra)
-                        extra.clear()
-                if run_start >= 0:
+            fb.feed(data)
+            out: list[bytes] = []
+            extra: list[bytes] = []
+            run_start = run_end = -1
+            while (item := fb.next_frame()) is not None:
+                type_, start, end = item
+                relay = self._on_backend(bytes((type_,)), fb, start, end, extra)
+                if relay:
+                    if run_start < 0:
+                        run_start = start
+                    run_end = end
+                if (extra or not relay) and run_start >= 0:
                     out.append(fb.raw(run_start, run_end))
-                if out:
+                    run_start = -1
+                if extra:
+                    out.extend(extra)
+                    extra.clear()
+            if run_start >= 0:
+                out.append(fb.raw(run_start, run_end))
+            if out:
+                joined = b"".join(out)
+                if self._corked(len(joined)):
+                    # The session resumes next and answers the rest: one write, one TLS
+                    # record and one send for the whole reply instead of two.
+                    self._cbuf.append(joined)
+                else:
                     self._flush_client()
-                    writer.write(b"".join(out))
-                    if writer.transport.get_write_buffer_size() > _HIGH_WATER:
-                        await writer.drain()
-                if self.expired and not self.pending:
-                    self._close_expired()
-                    return
-        except (ConnectionError, protocol.ProtocolError):
-            pass
+                    self.writer.write(joined)
+                    if self.writer.transport.get_write_buffer_size() > _HIGH_WATER:
+                        self._throttle_backend()
+            if self.expired and not self.pending:
+                self._close_expired()
+                self._backend_gone()
+        except protocol.ProtocolError:
+            self._backend_gone()
+        except Exception:  # a bug: end the session rather than leave the client hanging
+            log.exception("session relay failed")
+            self._backend_gone()
+
+    def _backend_gone(self) -> None:
+        """PostgreSQL's side ended (or cannot be followed): fail what waits, tell the client."""
+        if not self._backend_alive:
+            return
+        self._backend_alive = False
+        self._fail_pending()
+        if self.backend is not None:
+            self.backend.close()
+        if not self.closing:
+            self.closing = True
+            with contextlib.suppress(Exception):
+                self._flush_client()
+                self.writer.write(protocol.encode_error(errors.backend_unavailable()))
+            self._close_client()
+
+    def _throttle_backend(self) -> None:
+        """The client reads slower than PostgreSQL writes: stop reading until it catches up."""
+        if self._drain_task is not None:
+            return
+        assert self.backend is not None
+        self.backend.pause_reading()
+        self._drain_task = asyncio.create_task(self._drain_then_resume())
+
+    async def _drain_then_resume(self) -> None:
+        try:
+            with contextlib.suppress(Exception):
+                await self.writer.drain()
         finally:
-            self._fail_pending()
-            if not self.closing:
-                self.closing = True
-                with contextlib.suppress(Exception):
-                    writer.write(protocol.encode_error(errors.backend_unavailable()))
-                self._close_client()
+            self._drain_task = None
+            if self._backend_alive and self.backend is not None:
+                self.backend.resume_reading()
+
+    def _corked(self, size: int) -> bool:
+        """Whether backend bytes for the client may wait for the session's own reply.
+
+        True when the unit the session is waiting for has just been answered: the session runs
+        next and writes its part (a held CommandComplete, ReadyForQuery) with these bytes. Large
+        output is written at once, so results stream and memory stays bounded.
+        """
+        wake = self._wake
+        return wake is not None and wake.done() and size + self._cbuf_size() < _CORK_LIMIT
+
+    def _cbuf_size(self) -> int:
+        return sum(len(b) for b in self._cbuf) if self._cbuf else 0
 
     def _on_backend(
         self, t: bytes, fb: protocol.FrameBuffer, start: int, end: int, out: list[bytes]
@@ -431,8 +486,7 @@ class Session:
                 head.columns = protocol.parse_row_description(fb.body(start, end))
         elif t == b"G":
             self.copy_in.set()
-            if self._copy_wake is not None and not self._copy_wake.done():
-                self._copy_wake.set_result(None)
+            self._wake_session()
         if t == b"Z":
             # After an extended-protocol error PostgreSQL ignores everything but Sync (a Query
             # too), so this ReadyForQuery answers the next Sync; otherwise the next Query/Sync.
@@ -459,6 +513,13 @@ class Session:
                 self.pending.remove(unit)
         if unit.future is not None and not unit.future.done():
             unit.future.set_result(None)
+        if unit is self._waiting_for:
+            self._wake_session()
+
+    def _wake_session(self) -> None:
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
 
     def _drop_until_sync(self, epoch: int) -> None:
         """After an extended-protocol error PostgreSQL ignores everything up to Sync."""
@@ -476,8 +537,7 @@ class Session:
             self._end(unit)
 
     def _fail_pending(self) -> None:
-        if self._copy_wake is not None and not self._copy_wake.done():
-            self._copy_wake.set_result(None)
+        self._wake_session()
         while self.pending:
             unit = self.pending.popleft()
             unit.skipped = True
@@ -530,20 +590,22 @@ class Session:
             self._send(protocol.FLUSH)
         self._flush_backend()
         while not unit.future.done():
-            if self._backend_task is None or self._backend_task.done():
+            if not self._backend_alive:
                 raise errors.backend_unavailable()
             if self.copy_in.is_set():
                 await self._pump_copy()
                 continue
-            # The backend loop resolves `unit.future`, or `wake` when COPY IN starts (the
-            # client then has data to send first); a dead backend resolves every future.
+            # The backend loop resolves `wake` when the unit ends, or when COPY IN starts (the
+            # client then has data to send first); a dead backend resolves it too. One future,
+            # not asyncio.wait over two: this is every statement's path.
             self._flush_backend()
-            wake: asyncio.Future[None] = loop.create_future()
-            self._copy_wake = wake
+            self._wake = loop.create_future()
+            self._waiting_for = unit
             try:
-                await asyncio.wait({unit.future, wake}, return_when=asyncio.FIRST_COMPLETED)
+                await self._wake
             finally:
-                self._copy_wake = None
+                self._wake = None
+                self._waiting_for = None
 
     async def _pump_copy(self) -> None:
         """Forward the client's CopyData/CopyDone/CopyFail while the backend is in COPY IN."""
