@@ -381,3 +381,24 @@ def test_emulator_dies_with_a_killed_kernel(tmp_path: Path) -> None:
     assert wait_dead(emulator_pid, 60)
     assert wait_dead(postmaster, 60)
     assert processes_using(data) == []
+
+
+@pytest.mark.parametrize("choice", ["", "asyncio"])
+def test_event_loop_is_uvloop_unless_asked_for_asyncio(
+    choice: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The relay runs on uvloop (an emulator dependency off Windows); the env var opts out."""
+    import asyncio
+
+    from dsql_magic.emulator.cli import run_event_loop
+
+    monkeypatch.setenv("DSQL_EMULATOR_LOOP", choice)
+    seen: list[str] = []
+
+    async def main() -> None:
+        seen.append(type(asyncio.get_running_loop()).__module__)
+
+    run_event_loop(main())
+    on_windows = sys.platform == "win32"  # no uvloop there (see pyproject.toml)
+    expected = "asyncio" if choice == "asyncio" or on_windows else "uvloop"
+    assert seen[0].startswith(expected)
