@@ -5,9 +5,11 @@ with literals inlined), the whole analysis the emulator's hooks run: split + cla
 dialect policy's decision, and the ``read_only`` / ``locks_rows`` / ``reads_relations`` /
 ``_is_dml`` facts. Caches keyed by text are bypassed.
 
-- ``old``: the token path (`split_on_tokens`: scanner, then one parse per statement), every
-  rule evaluated, one ``postgast.find_nodes`` walk per question (as before the single-walk
-  facts);
+- ``old``: the old way, rebuilt from today's parts: the token path (`split_on_tokens`:
+  scanner, then one parse per statement), every rule tried in file order, one
+  ``postgast.find_nodes`` walk per question. The predicates themselves are today's (the old
+  ones walked the tree too), so the real old code was slower still (SELECT by key about
+  260-290 µs on the machine that measured the new one at about 41 µs);
 - ``new``: `split_statements` as it runs now (one parse of the whole text when possible), the
   rule index, and the shared facts on `Statement`.
 
