@@ -352,3 +352,29 @@ def test_after_refusal_of_an_autocommit_read(wire_server: Start) -> None:
         with conn.pipeline():
             ok = conn.execute("SELECT %s::int", [6])
         assert ok.fetchone() == (6,)
+
+
+def test_after_refusal_of_a_read_in_a_block_fails_the_block(wire_server: Start) -> None:
+    """A read in BEGIN … goes out with its Sync in one round trip; refused afterwards, the
+    block is still failed: later statements get 25P02 and COMMIT answers ROLLBACK."""
+
+    class RefuseAfter:
+        async def after(self, stmt: Statement, result: CommandResult, ctx: Any) -> None:
+            if "'refuse-after'" in stmt.text:
+                raise DsqlError("53200", "query requires too much memory.")
+
+    server = wire_server(hooks=[RefuseAfter()])
+    with psycopg.connect(**server.conninfo()) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS after_block (id int PRIMARY KEY)")
+        conn.commit()
+        conn.execute("INSERT INTO after_block VALUES (%s)", [1])
+        assert conn.execute("SELECT 'fine', %s::int", [2]).fetchone() == ("fine", 2)
+        with pytest.raises(pge.OutOfMemory):
+            conn.execute("SELECT 'refuse-after', %s", [1])
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+        with pytest.raises(pge.InFailedSqlTransaction):
+            conn.execute("SELECT %s::int", [3])
+        conn.rollback()
+        assert conn.execute("SELECT count(*) FROM after_block").fetchone() == (0,)
+        conn.execute("DROP TABLE after_block")
+        conn.commit()

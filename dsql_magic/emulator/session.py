@@ -1046,7 +1046,6 @@ class Session:
             and not guarded
             and stmt is not None
             and stmt.read_only
-            and not self.explicit
             and not self.ext_implicit
             and self.pending_sync_next()
         ):
@@ -1090,10 +1089,11 @@ class Session:
         return fb is not None and fb.peek_type() == ord("S")
 
     async def _execute_read_and_sync(self, stmt: Statement, raw: bytes) -> None:
-        """A read-only autocommit Execute followed by Sync: one round trip, then `after`.
+        """A read-only Execute followed by Sync: one round trip, then `after`.
 
-        Nothing can need undoing (no block, no writes), so Execute and Sync go together and the
-        CommandComplete and ReadyForQuery are held until the `after` hooks have run.
+        A read needs no savepoint, so Execute and Sync go together and the CommandComplete and
+        ReadyForQuery are held until the `after` hooks have run. Should one refuse it inside a
+        transaction block, the block is failed afterwards, as any refusal there does.
         """
         fb = self._client_fb
         assert fb is not None
@@ -1113,7 +1113,10 @@ class Session:
             except DsqlError as err:
                 if err.fatal:
                     raise
-                self._send_synthetic(protocol.encode_error(err))
+                if self.status == b"T":
+                    await self._refuse_simple(err, in_block=True)
+                else:
+                    self._send_synthetic(protocol.encode_error(err))
             else:
                 self._send_synthetic(_complete(unit.tag))
         self._send_synthetic(protocol.encode_ready(self.status))
