@@ -7,6 +7,7 @@ numbers unless a test says why it lowers one (object counts, to keep the run sho
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -404,17 +405,28 @@ def test_oversize_column_fails_at_the_statement_key_by_commit(dialect_engine: En
 # --- the cheap paths of the size checks (rowsizes.py): behaviour and internal queries -----------
 
 
-def _record_internal_sql(s: HookSession) -> list[str]:
+def _record_internal_sql(s: HookSession) -> list[tuple[str, tuple[object, ...]]]:
     """Record the SQL the hooks run on the session's backend (the client's own is not in it)."""
-    log: list[str] = []
+    log: list[tuple[str, tuple[object, ...]]] = []
     inner = s.ctx.executor
 
     async def recording(sql: str, params: Sequence[object] = ()) -> list[QueryResult]:
-        log.append(sql)
+        log.append((sql, tuple(params)))
         return await inner(sql, params)
 
     s.ctx.executor = recording
     return log
+
+
+def _scans(log: list[tuple[str, tuple[object, ...]]]) -> list[tuple[str, str]]:
+    """(table, first TID) of every measuring scan in the recorded queries."""
+    found = []
+    for sql, params in log:
+        for part in sql.split(" UNION ALL "):
+            m = re.search(r"FROM ONLY (\S+) x WHERE x\.ctid >= \$(\d+)::tid", part)
+            if m:
+                found.append((m.group(1), str(params[int(m.group(2)) - 1])))
+    return found
 
 
 async def _big_table(s: HookSession, name: str, columns: str, rows: int, fillfactor: int) -> int:
@@ -433,10 +445,10 @@ async def _block_of(s: HookSession, table: str, where: str) -> int:
     return int(rows[0][0] or 0)
 
 
-def test_pgbench_n_shape_scans_no_whole_table_and_runs_three_internal_queries(
+def test_pgbench_n_shape_scans_no_whole_table_and_runs_two_internal_queries(
     dialect_engine: Engine,
 ) -> None:
-    """BEGIN; UPDATE (in place); SELECT; INSERT; END: a lookup per write and one COMMIT query."""
+    """BEGIN; UPDATE (in place); SELECT; INSERT; END: one lookup and one COMMIT query."""
 
     async def scenario(s: HookSession) -> None:
         await s.run(
@@ -447,23 +459,51 @@ def test_pgbench_n_shape_scans_no_whole_table_and_runs_three_internal_queries(
         await s._internal("INSERT INTO nacc SELECT g, 1, 0, '' FROM generate_series(1, 30000) g")
         await s._internal("VACUUM ANALYZE nacc")
         log = _record_internal_sql(s)
-        for aid, delta in ((17, 5), (23, -3), (17, 4)):
+        for i, (aid, delta) in enumerate(((17, 5), (23, -3), (17, 4))):
             log.clear()
             await s.run("BEGIN")
             await s.run(f"UPDATE nacc SET abalance = abalance + {delta} WHERE aid = {aid}")
             assert await s.rows(f"SELECT abalance FROM nacc WHERE aid = {aid}")
             await s.run(f"INSERT INTO nhist VALUES (1, 1, {aid}, {delta}, now())")
             assert await s.run("END") == "COMMIT"
-            scans = [part for sql in log for part in sql.split(" UNION ALL ") if "xmin" in part]
-            assert any("public.nacc" in scan for scan in scans)  # measured, in its tail only
-            assert not any("public.nacc" in scan and "'(0,0)'::tid" in scan for scan in scans)
-            if aid == 23:  # the catalog lookups are cached by now
-                assert len(log) == 3, log  # two lookups (UPDATE, INSERT), one COMMIT query
-        # The updated row versions stayed in place, far from the scanned tail.
+            scans = _scans(log)
+            assert ("public.nacc", "(0,0)") not in scans  # never the whole table
+            assert any(table == "public.nhist" for table, _ in scans)
+            if i == 0:  # the first time, the UPDATE's table is looked up and its tail measured
+                assert any(table == "public.nacc" for table, _ in scans)
+            else:  # then known: an UPDATE of a fixed-width non-key column needs no lookup
+                assert not any(table == "public.nacc" for table, _ in scans)
+                assert len(log) == 2, log  # the INSERT's lookup, one COMMIT query
+        # The updated row versions stayed in place, far from the heap's tail.
         assert await _block_of(s, "nacc", "aid = 17") < 10
         assert await s.rows("SELECT abalance FROM nacc WHERE aid = 17") == [("9",)]
+        # After SET (search_path may have changed) the table is looked up again.
+        await s.run("SET search_path = public")
+        log.clear()
+        await s.run("UPDATE nacc SET abalance = abalance + 1 WHERE aid = 17")
+        assert any(sql == rowsizes.PROBE_SQL for sql, _ in log)
 
-    _run(dialect_engine, scenario)
+
+def test_estimated_updates_over_the_size_limit_are_measured_exactly(
+    dialect_engine: Engine,
+) -> None:
+    hooks: list[object] = [TransactionRules(limits_=TxnLimits(max_bytes=20_000))]
+
+    async def scenario(s: HookSession) -> None:
+        await _big_table(s, "est_t", "k text PRIMARY KEY, v text, n int", 20000, 90)
+        await s.run("INSERT INTO est_t VALUES ('new', 'x', 0)")  # the table is known now
+        log = _record_internal_sql(s)
+        await s.run("BEGIN")
+        await s.run("UPDATE est_t SET n = n + 1 WHERE n <= 100")  # ~50 bytes a row: ~5 kB
+        assert await s.run("COMMIT") == "COMMIT"
+        assert log == []  # estimated well under the limit: nothing looked up or measured
+        await s.run("BEGIN")
+        await s.run("UPDATE est_t SET n = n + 1 WHERE n <= 1000")  # ~50 kB
+        err = await _fails(s, "COMMIT")
+        assert (err.sqlstate, err.message) == ("54000", "transaction size limit 10mb exceeded")
+        assert ("public.est_t", "(0,0)") in _scans(log)  # measured, not refused on a guess
+
+    _run(dialect_engine, scenario, hooks=hooks)
 
 
 def test_update_in_place_of_a_big_table_refuses_oversize_column_and_row(
@@ -500,13 +540,13 @@ def test_key_size_broken_by_an_update_of_a_key_column_in_place(dialect_engine: E
         assert await _block_of(s, "keyup_t", "n = 5") < 10  # in place: not in the tail
         err = await _fails(s, "COMMIT")
         assert (err.sqlstate, err.message) == ("54000", "key size too large")
-        assert any("'(0,0)'::tid" in sql for sql in log)  # the exact scan that found it
+        assert ("public.keyup_t", "(0,0)") in _scans(log)  # the exact scan that found it
         # The same UPDATE of a non-key column is estimated, not scanned.
         log.clear()
         await s.run("BEGIN")
         await s.run("UPDATE keyup_t SET n = n + 1 WHERE k = '5'")
         assert await s.run("COMMIT") == "COMMIT"
-        assert not any("'(0,0)'::tid" in sql for sql in log)
+        assert ("public.keyup_t", "(0,0)") not in _scans(log)
         await s.run(f"UPDATE keyup_t SET k = repeat('k', {key}) WHERE k = '6'")  # at the limit
 
     _run(dialect_engine, scenario)
@@ -552,10 +592,10 @@ def test_table_metadata_is_looked_up_once_per_catalog_change(dialect_engine: Eng
         log = _record_internal_sql(s)
         for i in range(3):
             await s.run(f"INSERT INTO meta_t VALUES ({i}, 'x')")
-        assert log.count(rowsizes.META_SQL) == 1
+        assert [sql for sql, _ in log].count(rowsizes.META_SQL) == 1
         await s.run("ALTER TABLE meta_t ADD COLUMN w text")
         await s.run("INSERT INTO meta_t VALUES (10, 'x', repeat('w', 2000))")
-        assert log.count(rowsizes.META_SQL) == 2
+        assert [sql for sql, _ in log].count(rowsizes.META_SQL) == 2
         await s.run("ALTER TABLE meta_t DROP COLUMN v")  # a stale query would name v
         await s.run(f"INSERT INTO meta_t VALUES (11, repeat('w', {limits.MAX_KEY_BYTES + 1}))")
         await s.run(f"INSERT INTO meta_t VALUES (12, repeat('w', {limits.MAX_COLUMN_BYTES}))")

@@ -38,6 +38,8 @@ transaction's own rows, and returns measurements for `txnrules` to judge.
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +50,7 @@ TAIL_SLACK_BLOCKS = 16  # blocks scanned beyond one block per new row version
 _XID32 = 1 << 32
 _DEFAULT_VARLENA_WIDTH = 32  # bytes per variable-width column when nothing better is known
 _MEASURED_TYPES = ("text", "character varying", "character", "bytea")
+META_MAX_AGE_SECONDS = 5.0  # row widths and the TOAST flag go stale as data changes
 
 # After a write statement: its target relation, its TOAST inserts so far, its size, the facts
 # an estimate needs, the transaction's xid, whether the session may read the table and whether
@@ -62,9 +65,12 @@ PROBE_SQL = (
     "FROM pg_class c WHERE c.oid = to_regclass($1)"
 )
 
-# Once per (relation, catalog version): its qualified name, columns and index keys.
+# Once per (relation, catalog version), refreshed every few seconds: its qualified name,
+# columns and index keys, its average stored row width and whether its TOAST holds values.
 META_SQL = (
-    "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), "
+    "SELECT c.relpages::text, c.reltuples::text, current_setting('block_size'), "
+    "(c.reltoastrelid <> 0 AND pg_relation_size(c.reltoastrelid) > 0)::text, "
+    "quote_ident(n.nspname) || '.' || quote_ident(c.relname), "
     "coalesce((SELECT json_agg(json_build_array(a.attname, format_type(a.atttypid, NULL), "
     "a.attnum, t.typlen) ORDER BY a.attnum) FROM pg_attribute a "
     "JOIN pg_type t ON t.oid = a.atttypid "
@@ -97,20 +103,35 @@ class TableMeta:
     relid: str
     qualified: str
     indexed: frozenset[str]  # names of the columns in any index (key columns)
-    type_width: int  # bytes per row from the column types alone (a last-resort estimate)
+    fixed: frozenset[str]  # names of the fixed-width columns (int, float, timestamp…)
+    row_width: float  # estimated bytes per row: stored width, else from the column types
+    toast_data: bool  # its TOAST relation holds values (that stored widths leave out)
     select_sql: str  # "SELECT <relid>, count, sum, max row, max column, max key FROM ONLY t x"
 
-    def measure_sql(self, start_block: int, xid32: int) -> str:
-        """This table's rows written by transaction ``xid32``, from block ``start_block`` on."""
+    def benign_update(self, assigned: list[str]) -> bool:
+        """True if an UPDATE assigning ``assigned`` cannot break a size limit by itself.
+
+        Fixed-width, non-key columns leave every key, column and row the size it was; only
+        the transaction's total grows, by about a row per updated row (`row_width`). Rows
+        with values out of line are left to a measurement (their stored width leaves those out).
+        """
+        if not assigned or self.toast_data:
+            return False
+        return all(col in self.fixed and col not in self.indexed for col in assigned)
+
+    def measure_sql(self, start_param: int) -> str:
+        """This table's rows written by the transaction whose 32-bit xid is ``$1``, from the
+        TID in parameter ``start_param`` on (parameters keep the text, and so the session's
+        parse cache, the same from one transaction to the next)."""
         return (
-            f"{self.select_sql} WHERE x.ctid >= '({int(start_block)},0)'::tid "
-            f"AND x.xmin::text::bigint >= {int(xid32)}"
+            f"{self.select_sql} WHERE x.ctid >= ${int(start_param)}::tid "
+            "AND x.xmin::text::bigint >= $1::bigint"
         )
 
 
 def parse_meta(relid: str, row: tuple[str | None, ...]) -> TableMeta | None:
     """Build a `TableMeta` from a `META_SQL` row (None for a relation without columns)."""
-    qualified, cols_json, keys_json = row
+    relpages, reltuples, block_size, toast_data, qualified, cols_json, keys_json = row
     columns = json.loads(cols_json or "[]")
     if qualified is None or not columns:
         return None
@@ -126,6 +147,7 @@ def parse_meta(relid: str, row: tuple[str | None, ...]) -> TableMeta | None:
         by_num[int(attnum)] = sizes[-1]
         type_width += int(typlen) if int(typlen) > 0 else _DEFAULT_VARLENA_WIDTH
     names = {int(attnum): name for name, _, attnum, _ in columns}
+    fixed = frozenset(name for name, _, _, typlen in columns if int(typlen) > 0)
     key_exprs: list[str] = []
     indexed: set[str] = set()
     for indkey in json.loads(keys_json or "[]"):
@@ -142,34 +164,43 @@ def parse_meta(relid: str, row: tuple[str | None, ...]) -> TableMeta | None:
         f"coalesce(max({row_expr}), 0)::text, coalesce(max({col_expr}), 0)::text, "
         f"coalesce(max({key_expr}), 0)::text FROM ONLY {qualified} x"
     )
-    return TableMeta(relid, qualified, frozenset(indexed), type_width, select_sql)
+    width = stored_row_width(relpages, reltuples, block_size) or float(type_width)
+    return TableMeta(
+        relid, qualified, frozenset(indexed), fixed, width, toast_data == "true", select_sql
+    )
 
 
 class MetaCache:
-    """`TableMeta` per (relation, catalog version, local DDL generation); shared by sessions."""
+    """`TableMeta` per (relation, catalog version, local DDL generation), refreshed after
+    `META_MAX_AGE_SECONDS`; shared by the sessions."""
 
-    def __init__(self, max_entries: int = 4096) -> None:
-        self._entries: dict[tuple[str, int, int], TableMeta | None] = {}
+    def __init__(
+        self, max_entries: int = 4096, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._entries: dict[tuple[str, int, int], tuple[float, TableMeta | None]] = {}
         self._max = max_entries
+        self._clock = clock
         self.generation = 0  # bumped after any transaction that ran DDL through these hooks
-        self.fetches = 0
 
     def invalidate(self) -> None:
         self.generation += 1
         self._entries.clear()
 
+    def key(self, ctx: StatementContext, relid: str) -> tuple[str, int, int]:
+        return (relid, int(getattr(ctx.cluster, "catalog_version", 0)), self.generation)
+
     async def get(self, ctx: StatementContext, relid: str) -> TableMeta | None:
-        version = int(getattr(ctx.cluster, "catalog_version", 0))
-        key = (relid, version, self.generation)
-        if key in self._entries:
-            return self._entries[key]
-        self.fetches += 1
+        key = self.key(ctx, relid)
+        now = self._clock()
+        entry = self._entries.get(key)
+        if entry is not None and now - entry[0] < META_MAX_AGE_SECONDS:
+            return entry[1]
         results = await ctx.execute(META_SQL, (relid,))
         rows = results[-1].rows if results else ()
         meta = parse_meta(relid, rows[0]) if rows else None
         if len(self._entries) >= self._max:
             self._entries.clear()
-        self._entries[key] = meta
+        self._entries[key] = (now, meta)
         return meta
 
 
@@ -190,8 +221,9 @@ async def measure(
     """Run the measuring scans (table, first block) as one query; results by relation id."""
     if not scans:
         return {}
-    sql = " UNION ALL ".join(meta.measure_sql(start, xid32) for meta, start in scans)
-    results = await ctx.execute(sql)
+    sql = " UNION ALL ".join(meta.measure_sql(i + 2) for i, (meta, _) in enumerate(scans))
+    params = [str(xid32), *(f"({int(start)},0)" for _, start in scans)]
+    results = await ctx.execute(sql, params)
     out: dict[str, Measured] = {}
     for row in results[-1].rows if results else ():
         relid, *values = row
@@ -207,6 +239,7 @@ class TableWrites:
     meta: TableMeta
     selectable: bool
     versions: int = 0  # new row versions (INSERT, UPDATE, COPY rows)
+    benign: int = 0  # of which rows of UPDATEs that cannot change a size (not looked up)
     inserted: int = 0  # of which INSERT/COPY rows (INSERT … ON CONFLICT DO UPDATE counts here)
     key_updated: bool = False  # an UPDATE or ON CONFLICT DO UPDATE assigned an indexed column
     toasted: int = 0  # the TOAST inserts counter when last probed
@@ -218,6 +251,11 @@ class TableWrites:
     def tail_start(self) -> int:
         """First block of a tail big enough for all the versions, one per block."""
         return max(0, self.blocks - TAIL_SLACK_BLOCKS - self.versions)
+
+    @property
+    def only_benign(self) -> bool:
+        """All its versions come from `TableMeta.benign_update` UPDATEs: nothing to measure."""
+        return self.versions == self.benign
 
     def needs_exact(self, found: int) -> bool:
         """True if versions not found in the tail could break a key, column or row limit."""

@@ -35,6 +35,10 @@ if TYPE_CHECKING:
 pb: Any = importlib.import_module("postgast.pg_query_pb2")
 
 _STATE_KEY = "dsql.txnrules"
+# Per session: (schema, name) -> (relid, metadata key) of tables written, so that an UPDATE
+# that cannot change a size needs no lookup. Forgotten after DDL (the metadata key changes) and
+# after anything that can change how names resolve (SET, RESET, DISCARD, set_config).
+_NAMES_KEY = "dsql.txnrules.names"
 _BEGIN_KEY = "dsql.txnrules.begin"
 # Schemas that are not the user's: PostgreSQL's own and DSQL's sys.
 _SYSTEM_SCHEMAS = "('pg_catalog', 'information_schema', 'sys', 'pg_toast')"
@@ -52,6 +56,7 @@ class TxnState:
     dml: int = 0
     rows: int = 0
     wrote: bool = False
+    names_changed: bool = False  # a statement that can change name resolution ran
     versions: int = 0  # new row versions (INSERT, UPDATE, COPY rows), per the command tags
     writes: rowsizes.Writes = field(default_factory=rowsizes.Writes)  # by table
 
@@ -169,6 +174,9 @@ class TransactionRules:
             ctx.session[_BEGIN_KEY] = self.clock()
             return None
         state = self._state(ctx)
+        if stmt.node_name in ("variable_set_stmt", "discard_stmt") or stmt.mentions("set_config"):
+            ctx.session.pop(_NAMES_KEY, None)  # (search_path, role: names may resolve anew)
+            state.names_changed = True
         if stmt.kind is StatementKind.TRANSACTION:
             return None
         if ctx.in_transaction:
@@ -230,6 +238,8 @@ class TransactionRules:
         state = ctx.txn.pop(_STATE_KEY, None)
         if state is not None and state.ddl:
             self._metas.invalidate()
+        if state is not None and state.names_changed:
+            ctx.session.pop(_NAMES_KEY, None)  # a rollback may have undone a SET
 
     # --- catalog-dependent limits ------------------------------------------------------------
 
@@ -367,7 +377,11 @@ class TransactionRules:
         if target is None:
             writes.indirect = True
             return
-        found = await ctx.execute(rowsizes.PROBE_SQL, (_relation_literal(*_qualified(target)),))
+        name = _qualified(target)
+        assigned = rowsizes.assigned_columns(stmt.inner, stmt.node_name)
+        if stmt.node_name == "update_stmt" and await self._benign_update(ctx, name, assigned, rows):
+            return
+        found = await ctx.execute(rowsizes.PROBE_SQL, (_relation_literal(*name),))
         row = found[-1].rows[0] if found and found[-1].rows else None
         if row is None or row[0] is None:
             writes.indirect = True
@@ -381,16 +395,17 @@ class TransactionRules:
         if meta is None:
             writes.indirect = True  # a view or partitioned table: its tables are found at COMMIT
             return
+        ctx.session.setdefault(_NAMES_KEY, {})[name] = (relid, self._metas.key(ctx, relid))
         table = writes.tables.get(relid)
         if table is None:
             table = writes.tables[relid] = rowsizes.TableWrites(meta, readable == "true")
+        table.selectable = readable == "true"
         table.versions += rows
         table.blocks = int(blocks or 0)
         table.row_width = rowsizes.stored_row_width(relpages, reltuples, block_size)
         table.toast_data = toast_data == "true"
         if stmt.command in _INSERT_COMMANDS:
             table.inserted += rows
-        assigned = rowsizes.assigned_columns(stmt.inner, stmt.node_name)
         if any(col in meta.indexed for col in assigned):
             table.key_updated = True
         count = int(toasted or 0)
@@ -402,6 +417,24 @@ class TransactionRules:
         tail = await self._measure(ctx, [(meta, table.tail_start())], writes.xid32)
         if tail.get(relid, rowsizes.Measured()).found < table.versions:
             await self._measure(ctx, [(meta, 0)], writes.xid32)  # rare: large values, reused space
+
+    async def _benign_update(
+        self, ctx: StatementContext, name: tuple[str | None, str], assigned: list[str], rows: int
+    ) -> bool:
+        """Note an UPDATE of a known table that cannot change a size, without any lookup."""
+        known = ctx.session.get(_NAMES_KEY, {}).get(name)
+        if known is None or known[1] != self._metas.key(ctx, known[0]):
+            return False
+        meta = await self._metas.get(ctx, known[0])
+        if meta is None or not meta.benign_update(assigned):
+            return False
+        writes = self._state(ctx).writes
+        table = writes.tables.get(meta.relid)
+        if table is None:
+            table = writes.tables[meta.relid] = rowsizes.TableWrites(meta, selectable=False)
+        table.versions += rows
+        table.benign += rows
+        return True
 
     async def _check_written_rows(self, ctx: StatementContext, state: TxnState) -> None:
         """Measure what this transaction inserted or updated; refuse oversize rows or totals.
@@ -417,14 +450,19 @@ class TransactionRules:
         if writes.indirect:
             await self._check_all_written(ctx, state)
             return
-        tables = [t for t in writes.tables.values() if t.selectable and t.versions]
-        xid32 = writes.xid32
-        if not tables or xid32 is None:
-            return
-        tail = await self._measure(ctx, [(t.meta, t.tail_start()) for t in tables], xid32)
         exact: dict[str, int] = {}  # relid -> bytes, for tables whose rows were all measured
         estimated: dict[str, float] = {}  # relid -> estimated bytes of versions not found
         rescan: list[rowsizes.TableWrites] = []
+        for t in writes.tables.values():
+            if t.versions and t.only_benign:
+                estimated[t.meta.relid] = t.versions * t.meta.row_width
+        xid32 = writes.xid32
+        tables = [
+            t
+            for t in writes.tables.values()
+            if t.selectable and t.versions and not t.only_benign and xid32 is not None
+        ]
+        tail = await self._measure(ctx, [(t.meta, t.tail_start()) for t in tables], xid32 or 0)
         for t in tables:
             m = tail.get(t.meta.relid, rowsizes.Measured())
             if t.needs_exact(m.found):
@@ -433,16 +471,34 @@ class TransactionRules:
             exact[t.meta.relid] = m.total
             missing = t.versions - m.found
             if missing > 0:
-                width = max(t.row_width or t.meta.type_width, m.total / m.found if m.found else 0)
+                width = max(t.row_width or t.meta.row_width, m.total / m.found if m.found else 0)
                 estimated[t.meta.relid] = missing * width
         if sum(exact.values()) + sum(estimated.values()) > self.limits.max_bytes:
-            rescan += [t for t in tables if t.meta.relid in estimated]
+            xid32 = await self._prepare_rescan(ctx, writes, estimated)
+            rescan += [t for t in writes.tables.values() if t.meta.relid in estimated]
+            rescan = [t for t in rescan if t.selectable]
             estimated.clear()
-        if rescan:
+        if rescan and xid32 is not None:
             full = await self._measure(ctx, [(t.meta, 0) for t in rescan], xid32)
             for t in rescan:
                 exact[t.meta.relid] = full.get(t.meta.relid, rowsizes.Measured()).total
         self._check_total(sum(exact.values()))
+
+    async def _prepare_rescan(
+        self, ctx: StatementContext, writes: rowsizes.Writes, relids: dict[str, float]
+    ) -> int | None:
+        """Before measuring estimated tables exactly: the xid, and whether each may be read
+        (tables only written by benign UPDATEs were never looked up)."""
+        for relid in relids:
+            table = writes.tables[relid]
+            if not table.only_benign:
+                continue
+            found = await ctx.execute(rowsizes.PROBE_SQL, (table.meta.qualified,))
+            row = found[-1].rows[0] if found and found[-1].rows else None
+            if row is not None and row[0] == relid:
+                table.selectable = row[8] == "true"
+                writes.xid32 = rowsizes.xid32_of(row[7]) if row[7] is not None else writes.xid32
+        return writes.xid32
 
     async def _check_all_written(self, ctx: StatementContext, state: TxnState) -> None:
         """COMMIT after writes not tied to one plain table: every table the statistics show
