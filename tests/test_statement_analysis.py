@@ -71,6 +71,8 @@ _PIECES = st.sampled_from(
         "SELECT $tag$ a;b $$ still; inside $tag$",
         'SELECT "quoted;ident" FROM t',
         "SELECT 'é;ü', 'naïve'",
+        "SELECT 'ünïcode' AS \"ñ\" FROM t",
+        "SELECT\xa01",
         "SELECT 1::text, 'x'::varchar(10)",
         "SELECT a FROM t -- trailing; comment\n",
         "/* lead; */ SELECT 2",
@@ -214,25 +216,38 @@ def test_the_corpus_is_large() -> None:
 
 def test_single_walk_facts_equal_find_nodes() -> None:
     for stmt in _statements():
-        query = stmt.kind is StatementKind.QUERY
-        locks = _found(stmt.node, pb.LockingClause)
-        ctes = _found(stmt.node, pb.CommonTableExpr)
-        modifying = any(c.ctequery.WhichOneof("node") in _DML for c in ctes)
-        ranges = _found(stmt.node, pb.RangeVar)
-        assert stmt.has_locking_clause == bool(locks), stmt.text
-        assert stmt.locks_rows == (query and bool(locks)), stmt.text
-        assert stmt.has_data_modifying_cte == modifying, stmt.text
-        if query:
-            assert stmt.read_only == (not locks and not modifying), stmt.text
-        relations = stmt.kind in (StatementKind.DML, StatementKind.DDL) or (query and ranges)
-        assert stmt.reads_relations == bool(relations), stmt.text
-        walked = {type(m).DESCRIPTOR.name for _, m in postgast.walk(stmt.node)}
-        assert stmt.facts.types - {"Node"} == walked - {"Node"}, stmt.text
-        for name in ("LockingClause", "CommonTableExpr", "Constraint"):
-            expected = _found(stmt.node, getattr(pb, name))
-            assert sorted(m.SerializeToString() for m in stmt.facts.of(name)) == sorted(
-                m.SerializeToString() for m in expected
-            ), (name, stmt.text)
+        _check_facts(stmt)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_texts())
+def test_single_walk_facts_equal_find_nodes_on_generated_texts(sql: str) -> None:
+    for stmt in split_statements.__wrapped__(sql):
+        if stmt.node is not None:
+            _check_facts(stmt)
+
+
+def _check_facts(stmt: Statement) -> None:
+    """Every fact `Statement` derives from its one walk, against find_nodes walks."""
+    query = stmt.kind is StatementKind.QUERY
+    locks = _found(stmt.node, pb.LockingClause)
+    ctes = _found(stmt.node, pb.CommonTableExpr)
+    modifying = any(c.ctequery.WhichOneof("node") in _DML for c in ctes)
+    ranges = _found(stmt.node, pb.RangeVar)
+    assert stmt.has_locking_clause == bool(locks), stmt.text
+    assert stmt.locks_rows == (query and bool(locks)), stmt.text
+    assert stmt.has_data_modifying_cte == modifying, stmt.text
+    if query:
+        assert stmt.read_only == (not locks and not modifying), stmt.text
+    relations = stmt.kind in (StatementKind.DML, StatementKind.DDL) or (query and ranges)
+    assert stmt.reads_relations == bool(relations), stmt.text
+    walked = {type(m).DESCRIPTOR.name for _, m in postgast.walk(stmt.node)}
+    assert stmt.facts.types - {"Node"} == walked - {"Node"}, stmt.text
+    for name in ("LockingClause", "CommonTableExpr", "Constraint"):
+        expected = _found(stmt.node, getattr(pb, name))
+        assert sorted(m.SerializeToString() for m in stmt.facts.of(name)) == sorted(
+            m.SerializeToString() for m in expected
+        ), (name, stmt.text)
 
 
 def test_tricky_queries_are_in_the_corpus() -> None:

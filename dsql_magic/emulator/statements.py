@@ -27,7 +27,7 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Generic, NamedTuple, TypeVar, overload
+from typing import Any, AnyStr, Generic, NamedTuple, TypeVar, overload
 
 import postgast
 
@@ -448,7 +448,7 @@ def split_parsed(sql: str) -> tuple[Statement, ...] | None:
 
 
 def _from_locations(
-    data: Any, raws: Any, space: Any, semicolon: Any
+    data: AnyStr, raws: Any, space: AnyStr, semicolon: AnyStr
 ) -> tuple[Statement, ...] | None:
     """Statements from the parse result's locations into ``data`` (str, or UTF-8 bytes)."""
     gaps = space + semicolon
@@ -461,9 +461,8 @@ def _from_locations(
         if semicolon in chunk or data[end:start].strip(gaps):
             return None
         end = stop
-        text = chunk.strip(space)
-        if not isinstance(text, str):
-            text = text.decode("utf-8")
+        stripped = chunk.strip(space)
+        text = stripped if isinstance(stripped, str) else stripped.decode("utf-8")
         out.append(_from_node(text, text, raw.stmt, False))
     if data[end:].strip(gaps):
         return None
