@@ -3,8 +3,9 @@
 `check` is a pure function: a `Statement` in, a `Decision` out (the error DSQL answers with, or
 the PostgreSQL text to run instead, or nothing to do). The rules are data (`emulator/dialect/`);
 this module holds only the named predicates the data refers to (`PREDICATES`), each a small
-function over the protobuf tree. `DialectPolicy` is the statement hook that applies `check`
-before PostgreSQL sees a statement.
+function over the protobuf tree, and which statements each can concern (`SCOPES`: a statement
+runs only the rules that can apply to it, as this is done for every statement a client sends).
+`DialectPolicy` is the statement hook that applies `check` before PostgreSQL sees a statement.
 
 This module must never match SQL text with regular expressions, never talk to PostgreSQL (rules
 that need the catalog live in `txnrules.py`), and never build an error message by hand: every
@@ -578,7 +579,10 @@ class RuleIndex:
 
     def __init__(self, rules: RuleSet) -> None:
         self.rules = rules
-        self._scoped = [(rule, SCOPES[rule.predicate](rule.args)) for rule in rules.rules]
+        # An unknown predicate gets no scope: `evaluate` then fails on it as it always did.
+        self._scoped = [
+            (rule, SCOPES.get(rule.predicate, _any_node)(rule.args)) for rule in rules.rules
+        ]
         self._by_node: dict[str, tuple[Rule, ...]] = {}
 
     def for_node(self, node_name: str) -> tuple[Rule, ...]:
