@@ -605,3 +605,29 @@ def test_table_metadata_is_looked_up_once_per_catalog_change(dialect_engine: Eng
         assert err.message == "maximum column size exceeds limit"
 
     _run(dialect_engine, scenario, hooks=hooks)
+
+
+def test_writes_through_a_view_or_a_with_clause_are_measured_at_commit(
+    dialect_engine: Engine,
+) -> None:
+    col = limits.MAX_COLUMN_BYTES
+    key = limits.MAX_KEY_BYTES
+
+    async def scenario(s: HookSession) -> None:
+        await s.run("CREATE TABLE ind_t (k text PRIMARY KEY, v text)")
+        await s.run("CREATE VIEW ind_v AS SELECT k, v FROM ind_t")
+        await s.run("BEGIN")
+        await s.run(f"INSERT INTO ind_v VALUES ('a', repeat('v', {col + 1}))")
+        err = await _fails(s, "COMMIT")
+        assert err.message == "maximum column size exceeds limit"
+        await s.run("BEGIN")
+        await s.run(
+            f"WITH w AS (INSERT INTO ind_t VALUES (repeat('k', {key + 1}), 'x') RETURNING k) "
+            "SELECT count(*) FROM w"
+        )
+        err = await _fails(s, "COMMIT")
+        assert err.message == "key size too large"
+        await s.run(f"INSERT INTO ind_v VALUES (repeat('k', {key}), repeat('v', {col}))")
+        assert await s.rows("SELECT count(*) FROM ind_t") == [("1",)]
+
+    _run(dialect_engine, scenario)
