@@ -47,20 +47,20 @@ if TYPE_CHECKING:
     from .hooks import StatementContext
 
 TAIL_SLACK_BLOCKS = 16  # blocks scanned beyond one block per new row version
+WHOLE_TABLE = 1 << 40  # "blocks back from the end" that means the whole table
 _XID32 = 1 << 32
+_SMALL_LITERAL = 1024  # characters of an INSERT's literal that cannot make a large value
 _DEFAULT_VARLENA_WIDTH = 32  # bytes per variable-width column when nothing better is known
 _MEASURED_TYPES = ("text", "character varying", "character", "bytea")
 META_MAX_AGE_SECONDS = 5.0  # row widths and the TOAST flag go stale as data changes
 
-# After a write statement: its target relation, its TOAST inserts so far, its size, the facts
-# an estimate needs, the transaction's xid, whether the session may read the table and whether
-# its TOAST relation holds any data.
+# After a write statement: its target relation, its TOAST inserts so far, the facts an estimate
+# needs, whether the session may read the table and whether its TOAST relation holds data.
 PROBE_SQL = (
     "SELECT c.oid::text, c.relkind::text, "
     "pg_stat_get_xact_tuples_inserted(c.reltoastrelid)::text, "
-    "(pg_relation_size(c.oid) / current_setting('block_size')::int)::text, "
     "c.relpages::text, c.reltuples::text, current_setting('block_size'), "
-    "pg_current_xact_id_if_assigned()::text, has_table_privilege(c.oid, 'SELECT')::text, "
+    "has_table_privilege(c.oid, 'SELECT')::text, "
     "(c.reltoastrelid <> 0 AND pg_relation_size(c.reltoastrelid) > 0)::text "
     "FROM pg_class c WHERE c.oid = to_regclass($1)"
 )
@@ -80,14 +80,11 @@ META_SQL = (
     "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1"
 )
 
-# The tables written when a write could not be tied to one plain table (a view, a partitioned
-# table, a data-modifying WITH): every table whose statistics show inserts or updates (this
+# The tables written when a write could not be tied to one plain table (a view, a
+# data-modifying WITH, MERGE): every table whose statistics show inserts or updates (this
 # transaction's, or earlier ones not flushed yet: more tables than needed, never fewer).
 WRITTEN_TABLES_SQL = (
-    "SELECT s.relid::text, "
-    "(pg_relation_size(s.relid) / current_setting('block_size')::int)::text, "
-    "pg_current_xact_id_if_assigned()::text "
-    "FROM pg_stat_xact_user_tables s "
+    "SELECT s.relid::text FROM pg_stat_xact_user_tables s "
     "WHERE s.n_tup_ins + s.n_tup_upd > 0 AND has_table_privilege(s.relid, 'SELECT')"
 )
 
@@ -119,13 +116,16 @@ class TableMeta:
             return False
         return all(col in self.fixed and col not in self.indexed for col in assigned)
 
-    def measure_sql(self, start_param: int) -> str:
-        """This table's rows written by the transaction whose 32-bit xid is ``$1``, from the
-        TID in parameter ``start_param`` on (parameters keep the text, and so the session's
-        parse cache, the same from one transaction to the next)."""
+    def measure_sql(self, back_param: int) -> str:
+        """This table's rows written by the current transaction, in its last ``$back_param``
+        blocks (a TID range scan: the start and the xid are InitPlans, evaluated once; the
+        text stays the same from one transaction to the next, for the session's caches)."""
         return (
-            f"{self.select_sql} WHERE x.ctid >= ${int(start_param)}::tid "
-            "AND x.xmin::text::bigint >= $1::bigint"
+            f"{self.select_sql} WHERE x.ctid >= (SELECT format('(%s,0)', greatest(0, "
+            f"pg_relation_size({int(self.relid)}) / current_setting('block_size')::int "
+            f"- ${int(back_param)}::bigint)))::tid "
+            "AND x.xmin::text::bigint >= "
+            f"(SELECT pg_current_xact_id_if_assigned()::text::bigint % {_XID32})"
         )
 
 
@@ -215,15 +215,12 @@ class Measured:
     max_key: int = 0
 
 
-async def measure(
-    ctx: StatementContext, scans: list[tuple[TableMeta, int]], xid32: int
-) -> dict[str, Measured]:
-    """Run the measuring scans (table, first block) as one query; results by relation id."""
+async def measure(ctx: StatementContext, scans: list[tuple[TableMeta, int]]) -> dict[str, Measured]:
+    """Run the measuring scans (table, blocks back from its end) as one query, by relation id."""
     if not scans:
         return {}
-    sql = " UNION ALL ".join(meta.measure_sql(i + 2) for i, (meta, _) in enumerate(scans))
-    params = [str(xid32), *(f"({int(start)},0)" for _, start in scans)]
-    results = await ctx.execute(sql, params)
+    sql = " UNION ALL ".join(meta.measure_sql(i + 1) for i, (meta, _) in enumerate(scans))
+    results = await ctx.execute(sql, [str(int(back)) for _, back in scans])
     out: dict[str, Measured] = {}
     for row in results[-1].rows if results else ():
         relid, *values = row
@@ -245,12 +242,11 @@ class TableWrites:
     toasted: int = 0  # the TOAST inserts counter when last probed
     toast_rose: bool = False  # … and it rose during this transaction
     toast_data: bool = False  # its TOAST relation holds values (that stored widths leave out)
-    blocks: int = 0  # heap size in blocks after the transaction's last write to it
     row_width: float = 0.0  # stored bytes per row, for estimates
 
-    def tail_start(self) -> int:
-        """First block of a tail big enough for all the versions, one per block."""
-        return max(0, self.blocks - TAIL_SLACK_BLOCKS - self.versions)
+    def tail_blocks(self) -> int:
+        """Blocks at the table's end that hold all the versions if they were appended."""
+        return TAIL_SLACK_BLOCKS + self.versions
 
     @property
     def only_benign(self) -> bool:
@@ -262,11 +258,6 @@ class TableWrites:
         if found >= self.versions:
             return False
         return self.inserted > 0 or self.key_updated or self.toast_rose or self.toast_data
-
-
-def xid32_of(text: str | None) -> int | None:
-    """The 32-bit xid ``xmin`` shows, from ``pg_current_xact_id_if_assigned()``'s text."""
-    return None if text is None else int(text) % _XID32
 
 
 def stored_row_width(relpages: str | None, reltuples: str | None, block_size: str | None) -> float:
@@ -283,9 +274,38 @@ class Writes:
     """Per-transaction record of the tables written, by relation id."""
 
     tables: dict[str, TableWrites] = field(default_factory=dict)
-    xid32: int | None = None
     indirect: bool = False  # a write not tied to one plain table (view, partitioned, WITH)
     unknown_rows: bool = False  # … whose row count the command tag does not give (WITH, MERGE)
+
+
+def small_literal_insert(stmt_inner: Any, node_name: str | None) -> bool:
+    """True for an ``INSERT … VALUES`` whose values are all short literals, NULL, DEFAULT or
+    ``CURRENT_…``: it cannot write a value over the column limit (only a column default
+    could, and COMMIT measures the rows anyway), so it needs no TOAST lookup."""
+    if node_name != "insert_stmt" or stmt_inner.HasField("on_conflict_clause"):
+        return False
+    if stmt_inner.HasField("with_clause") or not stmt_inner.HasField("select_stmt"):
+        return False
+    if stmt_inner.select_stmt.WhichOneof("node") != "select_stmt":
+        return False
+    lists = stmt_inner.select_stmt.select_stmt.values_lists
+    return bool(lists) and all(_small_value(item) for v in lists for item in v.list.items)
+
+
+def _small_value(node: Any) -> bool:
+    kind = node.WhichOneof("node")
+    if kind in ("sqlvalue_function", "set_to_default"):
+        return True
+    if kind == "type_cast":
+        return bool(_small_value(node.type_cast.arg))
+    if kind != "a_const":
+        return False
+    const = node.a_const
+    which = const.WhichOneof("val")
+    if const.isnull or which in (None, "ival", "boolval"):
+        return True
+    text = {"sval": const.sval.sval, "fval": const.fval.fval, "bsval": const.bsval.bsval}
+    return len(text.get(which, "x" * (_SMALL_LITERAL + 1))) <= _SMALL_LITERAL
 
 
 def assigned_columns(stmt_inner: Any, node_name: str | None) -> list[str]:

@@ -356,9 +356,9 @@ class TransactionRules:
             raise self._error("row-size")
 
     async def _measure(
-        self, ctx: StatementContext, scans: list[tuple[rowsizes.TableMeta, int]], xid32: int
+        self, ctx: StatementContext, scans: list[tuple[rowsizes.TableMeta, int]]
     ) -> dict[str, rowsizes.Measured]:
-        found = await rowsizes.measure(ctx, scans, xid32)
+        found = await rowsizes.measure(ctx, scans)
         for m in found.values():
             self._judge(m)
         return found
@@ -368,9 +368,11 @@ class TransactionRules:
     ) -> None:
         """Note what a write statement did to its table; measure now if it wrote a large value.
 
-        One lookup for the statement's target table (its TOAST inserts, size and the xid).
-        A value over the column limit always goes to TOAST (rowsizes.py says why), so only a
-        rise in that counter prompts measuring at the statement, in the heap's tail first.
+        One lookup for the statement's target table (its TOAST inserts and what an estimate
+        needs). A value over the column limit always goes to TOAST (rowsizes.py says why), so
+        only a rise in that counter prompts measuring at the statement, in the heap's tail
+        first. Writes that cannot make a large value, to a table the session already looked
+        up, need no lookup (`_known_write`).
         """
         writes = state.writes
         target = _write_target(stmt)
@@ -379,29 +381,24 @@ class TransactionRules:
             return
         name = _qualified(target)
         assigned = rowsizes.assigned_columns(stmt.inner, stmt.node_name)
-        if stmt.node_name == "update_stmt" and await self._benign_update(ctx, name, assigned, rows):
+        if await self._known_write(stmt, ctx, name, assigned, rows):
             return
         found = await ctx.execute(rowsizes.PROBE_SQL, (_relation_literal(*name),))
         row = found[-1].rows[0] if found and found[-1].rows else None
         if row is None or row[0] is None:
             writes.indirect = True
             return
-        _, relkind, toasted, blocks, relpages, reltuples, block_size, xid, readable, toast_data = (
-            row
-        )
+        _, relkind, toasted, relpages, reltuples, block_size, readable, toast_data = row
         relid = str(row[0])
-        writes.xid32 = rowsizes.xid32_of(xid) if xid is not None else writes.xid32
         meta = await self._metas.get(ctx, relid) if relkind == "r" else None
         if meta is None:
-            writes.indirect = True  # a view or partitioned table: its tables are found at COMMIT
+            writes.indirect = True  # a view: the tables written are found at COMMIT
             return
-        ctx.session.setdefault(_NAMES_KEY, {})[name] = (relid, self._metas.key(ctx, relid))
-        table = writes.tables.get(relid)
-        if table is None:
-            table = writes.tables[relid] = rowsizes.TableWrites(meta, readable == "true")
-        table.selectable = readable == "true"
+        selectable = readable == "true"
+        names = ctx.session.setdefault(_NAMES_KEY, {})
+        names[name] = (relid, self._metas.key(ctx, relid), selectable)
+        table = self._table(writes, meta, selectable)
         table.versions += rows
-        table.blocks = int(blocks or 0)
         table.row_width = rowsizes.stored_row_width(relpages, reltuples, block_size)
         table.toast_data = toast_data == "true"
         if stmt.command in _INSERT_COMMANDS:
@@ -412,28 +409,51 @@ class TransactionRules:
         if count <= table.toasted:
             return
         table.toasted, table.toast_rose = count, True
-        if not table.selectable or writes.xid32 is None:
+        if not table.selectable:
             return
-        tail = await self._measure(ctx, [(meta, table.tail_start())], writes.xid32)
+        tail = await self._measure(ctx, [(meta, table.tail_blocks())])
         if tail.get(relid, rowsizes.Measured()).found < table.versions:
-            await self._measure(ctx, [(meta, 0)], writes.xid32)  # rare: large values, reused space
+            await self._measure(ctx, [(meta, rowsizes.WHOLE_TABLE)])  # rare: large values
 
-    async def _benign_update(
-        self, ctx: StatementContext, name: tuple[str | None, str], assigned: list[str], rows: int
+    @staticmethod
+    def _table(
+        writes: rowsizes.Writes, meta: rowsizes.TableMeta, selectable: bool
+    ) -> rowsizes.TableWrites:
+        table = writes.tables.get(meta.relid)
+        if table is None:
+            table = writes.tables[meta.relid] = rowsizes.TableWrites(meta, selectable)
+        table.selectable = selectable
+        return table
+
+    async def _known_write(
+        self,
+        stmt: Statement,
+        ctx: StatementContext,
+        name: tuple[str | None, str],
+        assigned: list[str],
+        rows: int,
     ) -> bool:
-        """Note an UPDATE of a known table that cannot change a size, without any lookup."""
+        """Note, without any lookup, a write to a table this session looked up before that
+        cannot write a large value: an UPDATE that cannot change a size
+        (`TableMeta.benign_update`, estimated at COMMIT), or an INSERT of short literals
+        (`rowsizes.small_literal_insert`, measured at COMMIT)."""
+        update = stmt.node_name == "update_stmt"
+        if not update and not rowsizes.small_literal_insert(stmt.inner, stmt.node_name):
+            return False
         known = ctx.session.get(_NAMES_KEY, {}).get(name)
         if known is None or known[1] != self._metas.key(ctx, known[0]):
             return False
         meta = await self._metas.get(ctx, known[0])
-        if meta is None or not meta.benign_update(assigned):
+        if meta is None or (update and not meta.benign_update(assigned)):
             return False
-        writes = self._state(ctx).writes
-        table = writes.tables.get(meta.relid)
-        if table is None:
-            table = writes.tables[meta.relid] = rowsizes.TableWrites(meta, selectable=False)
+        table = self._table(self._state(ctx).writes, meta, known[2])
         table.versions += rows
-        table.benign += rows
+        if update:
+            table.benign += rows
+        else:
+            table.inserted += rows
+            table.row_width = table.row_width or meta.row_width
+            table.toast_data = table.toast_data or meta.toast_data
         return True
 
     async def _check_written_rows(self, ctx: StatementContext, state: TxnState) -> None:
@@ -456,13 +476,10 @@ class TransactionRules:
         for t in writes.tables.values():
             if t.versions and t.only_benign:
                 estimated[t.meta.relid] = t.versions * t.meta.row_width
-        xid32 = writes.xid32
         tables = [
-            t
-            for t in writes.tables.values()
-            if t.selectable and t.versions and not t.only_benign and xid32 is not None
+            t for t in writes.tables.values() if t.selectable and t.versions and not t.only_benign
         ]
-        tail = await self._measure(ctx, [(t.meta, t.tail_start()) for t in tables], xid32 or 0)
+        tail = await self._measure(ctx, [(t.meta, t.tail_blocks()) for t in tables])
         for t in tables:
             m = tail.get(t.meta.relid, rowsizes.Measured())
             if t.needs_exact(m.found):
@@ -474,50 +491,29 @@ class TransactionRules:
                 width = max(t.row_width or t.meta.row_width, m.total / m.found if m.found else 0)
                 estimated[t.meta.relid] = missing * width
         if sum(exact.values()) + sum(estimated.values()) > self.limits.max_bytes:
-            xid32 = await self._prepare_rescan(ctx, writes, estimated)
             rescan += [t for t in writes.tables.values() if t.meta.relid in estimated]
             rescan = [t for t in rescan if t.selectable]
             estimated.clear()
-        if rescan and xid32 is not None:
-            full = await self._measure(ctx, [(t.meta, 0) for t in rescan], xid32)
+        if rescan:
+            full = await self._measure(ctx, [(t.meta, rowsizes.WHOLE_TABLE) for t in rescan])
             for t in rescan:
                 exact[t.meta.relid] = full.get(t.meta.relid, rowsizes.Measured()).total
         self._check_total(sum(exact.values()))
-
-    async def _prepare_rescan(
-        self, ctx: StatementContext, writes: rowsizes.Writes, relids: dict[str, float]
-    ) -> int | None:
-        """Before measuring estimated tables exactly: the xid, and whether each may be read
-        (tables only written by benign UPDATEs were never looked up)."""
-        for relid in relids:
-            table = writes.tables[relid]
-            if not table.only_benign:
-                continue
-            found = await ctx.execute(rowsizes.PROBE_SQL, (table.meta.qualified,))
-            row = found[-1].rows[0] if found and found[-1].rows else None
-            if row is not None and row[0] == relid:
-                table.selectable = row[8] == "true"
-                writes.xid32 = rowsizes.xid32_of(row[7]) if row[7] is not None else writes.xid32
-        return writes.xid32
 
     async def _check_all_written(self, ctx: StatementContext, state: TxnState) -> None:
         """COMMIT after writes not tied to one plain table: every table the statistics show
         written is measured, in its tail and then whole if rows are missing (the slow path)."""
         found_tables = await ctx.execute(rowsizes.WRITTEN_TABLES_SQL)
-        scans: list[tuple[rowsizes.TableMeta, int]] = []
-        xid32: int | None = None
-        for relid, blocks, xid in found_tables[-1].rows if found_tables else ():
+        metas: list[rowsizes.TableMeta] = []
+        for (relid,) in found_tables[-1].rows if found_tables else ():
             meta = await self._metas.get(ctx, relid) if relid is not None else None
-            xid32 = rowsizes.xid32_of(xid)
             if meta is not None:
-                start = int(blocks or 0) - rowsizes.TAIL_SLACK_BLOCKS - state.versions
-                scans.append((meta, max(0, start)))
-        if not scans or xid32 is None:
-            return
-        tail = await self._measure(ctx, scans, xid32)
+                metas.append(meta)
+        back = rowsizes.TAIL_SLACK_BLOCKS + state.versions
+        tail = await self._measure(ctx, [(meta, back) for meta in metas])
         total = sum(m.total for m in tail.values())
         if state.writes.unknown_rows or sum(m.found for m in tail.values()) < state.versions:
-            full = await self._measure(ctx, [(meta, 0) for meta, _ in scans], xid32)
+            full = await self._measure(ctx, [(meta, rowsizes.WHOLE_TABLE) for meta in metas])
             total = sum(m.total for m in full.values())
         self._check_total(total)
 
