@@ -48,7 +48,6 @@ if TYPE_CHECKING:
 
 TAIL_SLACK_BLOCKS = 16  # blocks scanned beyond one block per new row version
 WHOLE_TABLE = 1 << 40  # "blocks back from the end" that means the whole table
-_XID32 = 1 << 32
 _SMALL_LITERAL = 1024  # characters of an INSERT's literal that cannot make a large value
 _DEFAULT_VARLENA_WIDTH = 32  # bytes per variable-width column when nothing better is known
 _MEASURED_TYPES = ("text", "character varying", "character", "bytea")
@@ -118,14 +117,18 @@ class TableMeta:
 
     def measure_sql(self, back_param: int) -> str:
         """This table's rows written by the current transaction, in its last ``$back_param``
-        blocks (a TID range scan: the start and the xid are InitPlans, evaluated once; the
-        text stays the same from one transaction to the next, for the session's caches)."""
+        blocks (a TID range scan whose start is an InitPlan, evaluated once; the text stays
+        the same from one transaction to the next, for the session's caches).
+
+        ``age(xmin) <= 0`` picks the transaction's rows: age counts back from the
+        transaction's own (stable) xid, so its rows give 0 and its subtransactions' (newer
+        xids) less; rows of earlier transactions are older, and later ones are not in its
+        REPEATABLE READ snapshot. Cheaper than comparing ``xmin`` as text, row by row.
+        """
         return (
             f"{self.select_sql} WHERE x.ctid >= (SELECT format('(%s,0)', greatest(0, "
             f"pg_relation_size({int(self.relid)}) / current_setting('block_size')::int "
-            f"- ${int(back_param)}::bigint)))::tid "
-            "AND x.xmin::text::bigint >= "
-            f"(SELECT pg_current_xact_id_if_assigned()::text::bigint % {_XID32})"
+            f"- ${int(back_param)}::bigint)))::tid AND age(x.xmin) <= 0) s"
         )
 
 
@@ -160,9 +163,10 @@ def parse_meta(relid: str, row: tuple[str | None, ...]) -> TableMeta | None:
     col_expr = f"greatest({', '.join(sizes)})" if len(sizes) > 1 else sizes[0]
     key_expr = f"greatest({', '.join(key_exprs)})" if key_exprs else "0"
     select_sql = (
-        f"SELECT {int(relid)}::oid::text, count(*)::text, coalesce(sum({row_expr}), 0)::text, "
-        f"coalesce(max({row_expr}), 0)::text, coalesce(max({col_expr}), 0)::text, "
-        f"coalesce(max({key_expr}), 0)::text FROM ONLY {qualified} x"
+        f"SELECT {int(relid)}::oid::text, count(*)::text, coalesce(sum(r), 0)::text, "
+        "coalesce(max(r), 0)::text, coalesce(max(c), 0)::text, coalesce(max(k), 0)::text "
+        f"FROM (SELECT {row_expr} AS r, {col_expr} AS c, {key_expr} AS k "
+        f"FROM ONLY {qualified} x"
     )
     width = stored_row_width(relpages, reltuples, block_size) or float(type_width)
     return TableMeta(
