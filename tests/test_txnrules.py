@@ -19,6 +19,7 @@ from dsql_magic.emulator.engine import Engine
 from dsql_magic.emulator.errors import DsqlError
 from dsql_magic.emulator.hooks import QueryResult
 from dsql_magic.emulator.policy import make_hook
+from dsql_magic.emulator.statements import split_statements
 from dsql_magic.emulator.txnrules import TransactionRules, TxnLimits
 from tests.fix_dialect_pg import HookSession, hook_session
 
@@ -633,3 +634,48 @@ def test_writes_through_a_view_or_a_with_clause_are_measured_at_commit(
         assert await s.rows("SELECT count(*) FROM ind_t") == [("1",)]
 
     _run(dialect_engine, scenario)
+
+
+@pytest.mark.parametrize(
+    ("sql", "small"),
+    [
+        ("INSERT INTO h (a, b, c) VALUES (1, -2, CURRENT_TIMESTAMP)", True),
+        ("INSERT INTO h VALUES ('x', NULL, DEFAULT, 1.5, true, '2024-01-01'::date)", True),
+        ("INSERT INTO h VALUES (1), (2), (3)", True),
+        (f"INSERT INTO h VALUES ('{'x' * 1024}')", True),
+        (f"INSERT INTO h VALUES ('{'x' * 1025}')", False),
+        ("INSERT INTO h VALUES ($1)", False),  # a bound value of any size
+        ("INSERT INTO h VALUES (repeat('x', 2000000))", False),
+        ("INSERT INTO h SELECT 1", False),
+        ("INSERT INTO h DEFAULT VALUES", False),
+        ("INSERT INTO h VALUES (1) ON CONFLICT (a) DO UPDATE SET b = 2", False),
+        ("WITH w AS (SELECT 1) INSERT INTO h VALUES (1)", False),
+        ("UPDATE h SET a = 1", False),
+    ],
+)
+def test_small_literal_insert(sql: str, small: bool) -> None:
+    (stmt,) = split_statements(sql)
+    assert rowsizes.small_literal_insert(stmt.inner, stmt.node_name) is small
+
+
+def test_assigned_columns_and_benign_updates() -> None:
+    row = ("10", "1000", "8192", "false", "public.t", None, None)
+    columns = '[["id", "integer", 1, 4], ["n", "integer", 2, 4], ["v", "text", 3, -1]]'
+    meta = rowsizes.parse_meta("16400", (*row[:5], columns, '["1"]'))
+    assert meta is not None
+    assert (meta.indexed, meta.fixed, meta.row_width) == ({"id"}, {"id", "n"}, 81.92)
+    for sql, assigned, benign in (
+        ("UPDATE t SET n = n + 1 WHERE id = 3", ["n"], True),
+        ("UPDATE t SET (n, v) = (1, 'x')", ["n", "v"], False),  # a variable-width column
+        ("UPDATE t SET id = 4 WHERE id = 3", ["id"], False),  # a key column
+        ("INSERT INTO t VALUES (1) ON CONFLICT (id) DO UPDATE SET n = 2", ["n"], True),
+    ):
+        (stmt,) = split_statements(sql)
+        assert rowsizes.assigned_columns(stmt.inner, stmt.node_name) == assigned
+        assert meta.benign_update(assigned) is benign
+    with_toast = rowsizes.parse_meta("16400", (*row[:3], "true", "public.t", columns, "[]"))
+    assert with_toast is not None and not with_toast.benign_update(["n"])
+    table = rowsizes.TableWrites(meta, selectable=True, versions=3, inserted=0)
+    assert not table.needs_exact(1)  # updates in place of non-key columns: estimated
+    table.inserted = 1
+    assert table.needs_exact(2) and not table.needs_exact(3)
