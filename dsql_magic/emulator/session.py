@@ -1269,36 +1269,10 @@ class Session:
             return await self._internal(sql or bound.sql)
         if self.ext_failed or self.status == b"E":
             raise errors.in_failed_transaction()
-        units = [
-            self._expect(_Unit(UnitKind.PARSE, relay=False)),
-            self._expect(_Unit(UnitKind.BIND, relay=False)),
-            self._expect(_Unit(UnitKind.DESCRIBE, relay=False, collect=True)),
-            self._expect(_Unit(UnitKind.EXECUTE, relay=False, collect=True)),
-            self._expect(_Unit(UnitKind.CLOSE, relay=False)),
-            self._expect(_Unit(UnitKind.CLOSE, relay=False)),
-        ]
-        self._send(
-            protocol.encode_parse(_INTERNAL, sql or bound.sql, bound.param_types)
-            + _bind(_INTERNAL, bound.bind, text_results=True)
-            + protocol.encode_describe("P", _INTERNAL)
-            + protocol.encode_execute(_INTERNAL)
-            + protocol.encode_close("P", _INTERNAL)
-            + protocol.encode_close("S", _INTERNAL)
+        parse_bind = protocol.encode_parse(_INTERNAL, sql or bound.sql, bound.param_types) + _bind(
+            _INTERNAL, bound.bind, text_results=True
         )
-        sync = None
-        if not self.ext_batch:
-            sync = self._expect(_Unit(UnitKind.SYNC, relay=False))
-            self._send(protocol.SYNC)
-        await self._wait(sync or units[-1], flush=sync is None)
-        for unit in units:
-            if unit.error is not None:
-                await self._resync(synced=sync is not None)
-                raise unit.error
-        if any(u.skipped for u in units):
-            raise errors.in_failed_transaction()
-        describe, execute = units[2], units[3]
-        rows = execute.results[-1].rows if execute.results else tuple(execute.rows)
-        return [QueryResult(describe.columns, rows, execute.tag or "")]
+        return [await self._internal_one(parse_bind)]
 
     async def _internal(self, sql: str, params: Sequence[object] = ()) -> list[QueryResult]:
         """`StatementContext.execute`: run SQL on this session's backend, results as text."""
@@ -1311,41 +1285,51 @@ class Session:
                 raise errors.in_failed_transaction()
             if self.ext_failed:
                 await self._resync()
+        encoded = [protocol.encode_text_param(p) for p in params]
         results: list[QueryResult] = []
         for text in texts:
-            units = [
-                self._expect(_Unit(UnitKind.PARSE, relay=False)),
-                self._expect(_Unit(UnitKind.BIND, relay=False)),
-                self._expect(_Unit(UnitKind.DESCRIBE, relay=False, collect=True)),
-                self._expect(_Unit(UnitKind.EXECUTE, relay=False, collect=True)),
-                self._expect(_Unit(UnitKind.CLOSE, relay=False)),
-                self._expect(_Unit(UnitKind.CLOSE, relay=False)),
-            ]
-            encoded = [protocol.encode_text_param(p) for p in params]
-            self._send(
-                protocol.encode_parse(_INTERNAL, text)
-                + protocol.encode_bind(_INTERNAL, _INTERNAL, encoded)
-                + protocol.encode_describe("P", _INTERNAL)
-                + protocol.encode_execute(_INTERNAL)
-                + protocol.encode_close("P", _INTERNAL)
-                + protocol.encode_close("S", _INTERNAL)
+            parse_bind = protocol.encode_parse(_INTERNAL, text) + protocol.encode_bind(
+                _INTERNAL, _INTERNAL, encoded
             )
-            sync = None
-            if not self.ext_batch or recovering:
-                sync = self._expect(_Unit(UnitKind.SYNC, relay=False))
-                self._send(protocol.SYNC)
-            await self._wait(sync or units[-1], flush=sync is None)
-            for unit in units:
-                if unit.error is not None:
-                    await self._resync(synced=sync is not None)
-                    raise unit.error
-            if any(u.skipped for u in units):
-                raise errors.in_failed_transaction()
-            describe, execute = units[2], units[3]
-            # the rows moved to `results` at CommandComplete (see _on_backend)
-            collected = execute.results[-1].rows if execute.results else tuple(execute.rows)
-            results.append(QueryResult(describe.columns, collected, execute.tag or ""))
+            results.append(await self._internal_one(parse_bind, sync=recovering))
         return results
+
+    async def _internal_one(self, parse_bind: bytes, *, sync: bool = False) -> QueryResult:
+        """One internal statement (its Parse and Bind given): describe, run, close, collect.
+
+        Inside a client's unsynced extended batch it ends with Flush, so the batch's own Sync
+        still ends the transaction step; otherwise (or when ``sync``) with its own Sync.
+        """
+        units = [
+            self._expect(_Unit(UnitKind.PARSE, relay=False)),
+            self._expect(_Unit(UnitKind.BIND, relay=False)),
+            self._expect(_Unit(UnitKind.DESCRIBE, relay=False, collect=True)),
+            self._expect(_Unit(UnitKind.EXECUTE, relay=False, collect=True)),
+            self._expect(_Unit(UnitKind.CLOSE, relay=False)),
+            self._expect(_Unit(UnitKind.CLOSE, relay=False)),
+        ]
+        self._send(
+            parse_bind
+            + protocol.encode_describe("P", _INTERNAL)
+            + protocol.encode_execute(_INTERNAL)
+            + protocol.encode_close("P", _INTERNAL)
+            + protocol.encode_close("S", _INTERNAL)
+        )
+        synced = None
+        if not self.ext_batch or sync:
+            synced = self._expect(_Unit(UnitKind.SYNC, relay=False))
+            self._send(protocol.SYNC)
+        await self._wait(synced or units[-1], flush=synced is None)
+        for unit in units:
+            if unit.error is not None:
+                await self._resync(synced=synced is not None)
+                raise unit.error
+        if any(u.skipped for u in units):
+            raise errors.in_failed_transaction()
+        describe, execute = units[2], units[3]
+        # the rows moved to `results` at CommandComplete (see _route)
+        rows = execute.results[-1].rows if execute.results else tuple(execute.rows)
+        return QueryResult(describe.columns, rows, execute.tag or "")
 
 
 # --- helpers ---------------------------------------------------------------------------------
