@@ -132,6 +132,30 @@ def wire_only(duration: str) -> tuple[PgbenchResult, PgbenchResult]:
         )
 
 
+def start_relay(emu: Emulator) -> tuple[subprocess.Popen[str], int]:
+    """The minimal TLS relay (bench/_tls_relay.py) in front of the emulator's PostgreSQL."""
+    tls = emu.info.data_dir / "tls"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("_tls_relay.py")),
+            str(emu.info.data_dir / "run" / ".s.PGSQL.5432"),
+            str(tls / "server.pem"),
+            str(tls / "server-key.pem"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    return proc, int(proc.stdout.readline())
+
+
+def best_loop(kwargs: dict[str, Any], n: int, rounds: int) -> list[float]:
+    """The round with the lowest mean (the machine is shared: noise only ever adds)."""
+    runs = [psycopg_loop(kwargs, n) for _ in range(rounds)]
+    return min(runs, key=statistics.mean)
+
+
 def start_time(data_dir: Path | None) -> float:
     started = time.perf_counter()
     emu = Emulator(data_dir=data_dir).start()
@@ -171,8 +195,27 @@ def run(quick: bool = False) -> str:
                 "user": "admin",
                 "dbname": "postgres",
             }
-            loop_direct = psycopg_loop(direct_kwargs, loop_n)
-            loop_emu = psycopg_loop(emu.connect_kwargs(), loop_n)
+            relay, relay_port = start_relay(emu)
+            try:
+                relay_kwargs = {
+                    "host": "127.0.0.1",
+                    "port": relay_port,
+                    "user": "admin",
+                    "dbname": "postgres",
+                    "sslmode": "require",
+                }
+                relay_env = {k: v for k, v in direct.items() if k != "PGHOST"}
+                relay_env.update(
+                    {"PGHOST": "127.0.0.1", "PGPORT": str(relay_port), "PGSSLMODE": "require"}
+                )
+                relay_s = run_pgbench(relay_env, ["-S", "-c", "1", "-T", duration])
+                rounds = 1 if quick else 3
+                loop_direct = best_loop(direct_kwargs, loop_n, rounds)
+                loop_emu = best_loop(emu.connect_kwargs(), loop_n, rounds)
+                loop_relay = best_loop(relay_kwargs, loop_n, rounds)
+            finally:
+                relay.kill()
+                relay.wait()
         finally:
             emu.stop()
         warm = [start_time(data) for _ in range(1 if quick else 3)]
@@ -220,10 +263,22 @@ def run(quick: bool = False) -> str:
     def pct(values: list[float], q: float) -> float:
         return sorted(values)[min(len(values) - 1, int(q * len(values)))]
 
+    rm = statistics.mean(loop_relay)
     lines.append(
-        f"psycopg loop, {loop_n:,} prepared single-row selects on one connection: direct "
-        f"{dm:.3f} ms mean (p50 {pct(loop_direct, 0.5):.3f}, p99 {pct(loop_direct, 0.99):.3f}), "
-        f"emulator {em:.3f} ms mean (p50 {pct(loop_emu, 0.5):.3f}, p99 {pct(loop_emu, 0.99):.3f})."
+        f"psycopg loop, {loop_n:,} prepared single-row selects on one connection (best of "
+        f"{1 if quick else 3} rounds): direct {dm:.3f} ms mean (p50 {pct(loop_direct, 0.5):.3f}, "
+        f"p99 {pct(loop_direct, 0.99):.3f}), emulator {em:.3f} ms mean "
+        f"(p50 {pct(loop_emu, 0.5):.3f}, p99 {pct(loop_emu, 0.99):.3f})."
+    )
+    lines.append("")
+    relay_ratio = relay_s.tps / rows[0][1].tps if rows[0][1].tps else 0.0
+    lines.append(
+        "The floor for any wire front written in Python: `bench/_tls_relay.py`, a minimal "
+        "TLS-terminating relay on the same event loop (uvloop) that only copies bytes (no "
+        "token check, no decoding, no rules), in front of the same PostgreSQL. psycopg loop "
+        f"{rm:.3f} ms mean (added {rm - dm:+.3f} ms); pgbench -S, 1 client: "
+        f"{relay_s.tps:,.0f} tps ({relay_ratio:.0%} of direct), {relay_s.latency_ms:.3f} ms. "
+        f"The emulator's cost above that floor: **{em - rm:+.3f} ms** per statement."
     )
     lines.append("")
     one_select = rows[0]

@@ -175,3 +175,32 @@ def test_bind_values_rejects_garbage_with_protocol_error(body: bytes) -> None:
     except p.ProtocolError:
         return
     assert all(v is None or isinstance(v, bytes) for v in values)
+
+
+@given(
+    frames=st.lists(
+        st.tuples(st.sampled_from(b"BDESPQ"), st.binary(max_size=40)), min_size=1, max_size=8
+    ),
+    cut=st.integers(min_value=0, max_value=400),
+    count=st.integers(min_value=0, max_value=5),
+)
+@settings(max_examples=200)
+def test_ahead_peeks_what_next_frame_would_yield(
+    frames: list[tuple[int, bytes]], cut: int, count: int
+) -> None:
+    """`ahead` sees the complete frames after the current one; `skip_to` consumes them."""
+    data = b"".join(p.frame(bytes((t,)), body) for t, body in frames)
+    fb = p.FrameBuffer(1 << 20)
+    fb.feed(data[: min(cut, len(data))])
+    first = fb.next_frame()
+    peeked = fb.ahead(count)
+    consumed = []
+    while len(consumed) < len(peeked) and (item := fb.next_frame()) is not None:
+        consumed.append(item)
+    assert consumed == peeked
+    if first is not None and peeked:
+        again = p.FrameBuffer(1 << 20)
+        again.feed(data[: min(cut, len(data))])
+        again.next_frame()
+        again.skip_to(peeked[-1][2])
+        assert again.next_frame() == fb.next_frame()

@@ -378,3 +378,82 @@ def test_after_refusal_of_a_read_in_a_block_fails_the_block(wire_server: Start) 
         assert conn.execute("SELECT count(*) FROM after_block").fetchone() == (0,)
         conn.execute("DROP TABLE after_block")
         conn.commit()
+
+
+class Observer:
+    """Observes reads (`observe_read`); writes still come to `after`."""
+
+    def __init__(self) -> None:
+        self.reads: list[tuple[str, str, float | None]] = []
+        self.afters: list[str] = []
+
+    def observe_read(self, stmt: Statement, result: CommandResult, ctx: Any) -> None:
+        self.reads.append((stmt.text, result.tag, result.elapsed_ms))
+
+    async def after(self, stmt: Statement, result: CommandResult, ctx: Any) -> None:
+        self.afters.append(result.tag)
+
+
+def test_observed_reads_are_relayed_and_observed_in_every_protocol(wire_server: Start) -> None:
+    """With only observers, reads skip `after`: simple Query, a first (Parse) execution, a
+    prepared Bind/Describe/Execute/Sync group, a pipeline of groups and a block all answer
+    rightly, and each read is observed once with its tag and time; writes reach `after`."""
+    observer = Observer()
+    server = wire_server(hooks=[observer])
+    with psycopg.connect(**server.conninfo(), autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS observed (id int PRIMARY KEY, v text)")
+        conn.execute("DELETE FROM observed")
+        conn.execute("INSERT INTO observed SELECT g, 'v' || g FROM generate_series(1, 5) g")
+        assert _simple(conn, "SELECT v FROM observed WHERE id = 2").get_value(0, 0) == b"v2"
+        query = "SELECT v FROM observed WHERE id = %s"
+        got = [conn.execute(query, [i], prepare=True).fetchone() for i in (1, 2, 3, 4, 5)]
+        assert got == [("v1",), ("v2",), ("v3",), ("v4",), ("v5",)]
+        with conn.pipeline():
+            cursors = [conn.execute(query, [i], prepare=True) for i in (5, 4, 3)]
+        assert [c.fetchone() for c in cursors] == [("v5",), ("v4",), ("v3",)]
+        with conn.transaction():
+            assert conn.execute(query, [1], prepare=True).fetchone() == ("v1",)
+            conn.execute("UPDATE observed SET v = 'w1' WHERE id = 1")
+            assert conn.execute(query, [1], prepare=True).fetchone() == ("w1",)
+    reads = [r for r in observer.reads if "observed" in r[0]]
+    assert len(reads) == 1 + 5 + 3 + 2
+    assert all(
+        tag == "SELECT 1" and elapsed is not None and elapsed >= 0 for _, tag, elapsed in reads
+    )
+    assert "UPDATE 1" in observer.afters and not any(
+        a.startswith("SELECT") for a in observer.afters
+    )
+
+
+def test_errors_inside_relayed_read_groups(wire_server: Start) -> None:
+    """A prepared read that fails: outside a block the session goes on; inside, PostgreSQL
+    fails the block itself (25P02 next, nothing committed); pipelines keep their order."""
+    observer = Observer()
+    server = wire_server(hooks=[observer])
+    query = "SELECT 10 / %s::int"
+    with psycopg.connect(**server.conninfo(), autocommit=True) as conn:
+        for divisor in (1, 2, 5, 10):
+            conn.execute(query, [divisor], prepare=True)
+        with pytest.raises(pge.DivisionByZero):
+            conn.execute(query, [0], prepare=True)
+        assert conn.execute(query, [2], prepare=True).fetchone() == (5,)
+        with pytest.raises(pge.DivisionByZero), conn.pipeline():
+            first = conn.execute(query, [5], prepare=True)
+            conn.execute(query, [0], prepare=True)
+        assert first.fetchone() == (2,)
+        assert conn.execute(query, [10], prepare=True).fetchone() == (1,)
+    with psycopg.connect(**server.conninfo()) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS observed_err (id int PRIMARY KEY)")
+        conn.commit()
+        conn.execute("INSERT INTO observed_err VALUES (7)")
+        for divisor in (1, 2, 5, 10):
+            conn.execute(query, [divisor], prepare=True)
+        with pytest.raises(pge.DivisionByZero):
+            conn.execute(query, [0], prepare=True)
+        with pytest.raises(pge.InFailedSqlTransaction):
+            conn.execute(query, [1], prepare=True)
+        conn.rollback()
+        assert conn.execute("SELECT count(*) FROM observed_err").fetchone() == (0,)
+        conn.execute("DROP TABLE observed_err")
+        conn.commit()
+    assert not any(tag.startswith("SELECT") for tag in observer.afters)

@@ -5,6 +5,7 @@ the session calls the ones it has, in the cluster's hook order, and skips the ot
 
     async def before(self, stmt: Statement, ctx: StatementContext) -> Reply | None
     async def after(self, stmt: Statement, result: CommandResult, ctx: StatementContext) -> None
+    def observe_read(self, stmt: Statement, result: CommandResult, ctx: StatementContext) -> None
     async def before_commit(self, ctx: StatementContext) -> None
     async def after_end(self, ctx: StatementContext, committed: bool) -> None
     async def on_connect(self, ctx: StatementContext) -> None
@@ -19,6 +20,12 @@ response held back: if PostgreSQL fails it, the session rolls back to the savepo
 with the statement's own parameters; `Synthetic`: a made-up answer) and the transaction goes on;
 a `DsqlError` replaces the error; None keeps it. OCC uses this to turn a lock wait into a
 conflict decided at COMMIT (``ctx.current`` lets it replay the statement later).
+
+A hook with ``observe_read`` declares that its ``after`` neither refuses nor waits for a
+read-only statement (`Statement.read_only`). When every hook that has an ``after`` has one, the
+session relays reads without holding their CommandComplete and ReadyForQuery back, and calls
+``observe_read`` (synchronously, exceptions logged) as the CommandComplete goes by, instead of
+``after``. A read costs no extra wake-up of the session then: the common case stays fast.
 
 Refusals are raised as `DsqlError`. This module holds only the types hooks and the session share:
 no I/O, no rules, no import of the session or server.
@@ -36,6 +43,7 @@ if TYPE_CHECKING:
 HOOK_METHODS = (
     "before",
     "after",
+    "observe_read",
     "before_commit",
     "after_end",
     "on_connect",
@@ -66,9 +74,13 @@ class QueryResult:
 
 @dataclass(frozen=True)
 class CommandResult:
-    """How PostgreSQL completed a client statement: its command tag (``"UPDATE 3"``)."""
+    """How PostgreSQL completed a client statement: its command tag (``"UPDATE 3"``).
+
+    ``elapsed_ms``: from sending the statement to its CommandComplete, when the session timed it.
+    """
 
     tag: str
+    elapsed_ms: float | None = None
 
     @property
     def command(self) -> str:

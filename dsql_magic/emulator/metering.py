@@ -695,6 +695,25 @@ class MeteringHook:
         ctx.session["dpu_started"] = time.perf_counter()
         return None
 
+    def observe_read(self, stmt: Statement, result: CommandResult, ctx: StatementContext) -> None:
+        """A read, metered as it completes (no catalog lookup: its tag says all we use)."""
+        started = ctx.session.pop("dpu_started", None)
+        if ctx.session.pop(SKIP_NEXT, None) is stmt:
+            return  # answered by a hook (sys functions, EXPLAIN) that metered it already
+        if stmt.kind in _UNMETERED_KINDS or stmt.command in _CHEAP_COMMANDS:
+            self._maybe_end(stmt, ctx)
+            return
+        rows = result.rows_affected or 0
+        work = Work(self._elapsed_ms(result, started), 1, rows, rows * DEFAULT_ROW_BYTES)
+        self._record(stmt, work, ctx)
+
+    @staticmethod
+    def _elapsed_ms(result: CommandResult, started: float | None) -> float:
+        """The session's own timing when it has one, else since `before`."""
+        if result.elapsed_ms is not None:
+            return result.elapsed_ms
+        return (time.perf_counter() - started) * 1000.0 if started is not None else 0.0
+
     async def after(self, stmt: Statement, result: CommandResult, ctx: StatementContext) -> None:
         started = ctx.session.pop("dpu_started", None)
         if ctx.session.pop(SKIP_NEXT, None) is stmt:
@@ -703,12 +722,16 @@ class MeteringHook:
         if kind in _UNMETERED_KINDS or stmt.command in _CHEAP_COMMANDS:
             self._maybe_end(stmt, ctx)
             return
-        elapsed_ms = (time.perf_counter() - started) * 1000.0 if started is not None else 0.0
+        elapsed_ms = self._elapsed_ms(result, started)
         if kind is StatementKind.QUERY:  # the common case, without a coroutine
             rows = result.rows_affected or 0
             work = Work(elapsed_ms, 1, rows, rows * DEFAULT_ROW_BYTES)
         else:
             work = await self._work(stmt, result, ctx, elapsed_ms)
+        self._record(stmt, work, ctx)
+
+    def _record(self, stmt: Statement, work: Work, ctx: StatementContext) -> None:
+        kind = stmt.kind
         writes = kind is StatementKind.DML or kind is StatementKind.DDL
         figures = StatementFigures(
             stmt.command, estimate(work), work, reads=work.storage_requests > 0, writes=writes

@@ -738,7 +738,11 @@ class DsqlHooks:
     """
 
     def __init__(self, parts: list[object]) -> None:
+        unobserving = [p for p in parts if hasattr(p, "after") and not hasattr(p, "observe_read")]
+        if unobserving:  # `observe_read` below promises the session that reads need no `after`
+            raise TypeError(f"{type(unobserving[0]).__name__} has after() but no observe_read()")
         self.parts = parts
+        self._observers = self._methods("observe_read")  # called per read: looked up once
 
     def _methods(self, name: str) -> list[Callable[..., Any]]:
         return [m for m in (getattr(p, name, None) for p in self.parts) if m is not None]
@@ -763,6 +767,11 @@ class DsqlHooks:
         """Every part's ``after``."""
         for method in self._methods("after"):
             await method(stmt, result, ctx)
+
+    def observe_read(self, stmt: Statement, result: CommandResult, ctx: StatementContext) -> None:
+        """Every part's ``observe_read`` (each part with an ``after`` has one)."""
+        for method in self._observers:
+            method(stmt, result, ctx)
 
     async def before_commit(self, ctx: StatementContext) -> None:
         """Every part's ``before_commit``."""

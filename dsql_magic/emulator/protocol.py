@@ -127,6 +127,27 @@ class FrameBuffer:
             return None
         return buf[pos]
 
+    def ahead(self, count: int) -> list[tuple[int, int, int]]:
+        """Up to ``count`` complete frames after the current one, without consuming them.
+
+        Stops at the first incomplete or invalid frame (`next_frame` reports those).
+        """
+        buf, pos = self._buf, self._pos
+        out: list[tuple[int, int, int]] = []
+        size = len(buf)
+        while len(out) < count and size - pos >= 5:
+            (length,) = _I32.unpack_from(buf, pos + 1)
+            end = pos + 1 + length
+            if length < 4 or length + 1 > self.limit or end > size:
+                break
+            out.append((buf[pos], pos, end))
+            pos = end
+        return out
+
+    def skip_to(self, end: int) -> None:
+        """Consume the frames before ``end`` (an end returned by `ahead`)."""
+        self._pos = end
+
     def raw(self, start: int, end: int) -> bytes:
         return bytes(self._buf[start:end])
 

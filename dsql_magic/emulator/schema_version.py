@@ -59,6 +59,9 @@ class SchemaVersionHook:
             raise schema_conflict()
         return None
 
+    def observe_read(self, stmt: Statement, result: CommandResult, ctx: StatementContext) -> None:
+        """A read changes no catalog: nothing to note."""
+
     async def after(self, stmt: Statement, result: CommandResult, ctx: StatementContext) -> None:
         if changes_catalog(stmt):
             ctx.txn[_CHANGED] = True

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -98,6 +99,9 @@ class _Unit:
     buffer: bool = False  # a guarded statement: keep what would be relayed in `buffered`
     buffered: list[bytes] = field(default_factory=list)
     data: bytes = b""  # SYNTHETIC only
+    # A read relayed as it comes (no hold): its `observe_read` hooks run at CommandComplete.
+    observe: Statement | None = None
+    sent: float = 0.0  # when it was queued (perf_counter), for the observers' elapsed time
     epoch: int = 0  # Syncs expected before this unit (see `Session._expect`)
     future: asyncio.Future[None] | None = None
     # What happened:
@@ -171,6 +175,12 @@ class Session:
         self.h_disconnect = bound_methods(hooks, "on_disconnect")
         self.h_guard = bound_methods(hooks, "guard")
         self.h_on_error = bound_methods(hooks, "on_error")
+        self.h_observe_read = bound_methods(hooks, "observe_read")
+        self._observed_reads: list[tuple[_Unit, str, float]] = []  # (unit, tag, completed)
+        # Reads skip `after` (and its hold) when every hook with an `after` observes them.
+        self.observe_reads = bool(self.h_after) and all(
+            hasattr(h, "observe_read") for h in hooks if hasattr(h, "after")
+        )
         self.bind_tails: dict[str, bytes] = {}  # portal -> its Bind after the two names
         self.reading = False
         self.any_hooks = bool(
@@ -347,9 +357,20 @@ class Session:
             out: list[bytes] = []
             extra: list[bytes] = []
             run_start = run_end = -1
+            pending = self.pending
+            head = pending[0] if pending else None
+            # A unit all of whose frames pass through but a few (and those `_route` handles).
+            plain = head if head is not None and _passes_through(head) else None
             while (item := fb.next_frame()) is not None:
                 type_, start, end = item
+                if plain is not None and type_ in _PASS_THROUGH and pending and pending[0] is plain:
+                    if run_start < 0:
+                        run_start = start
+                    run_end = end
+                    continue
                 relay = self._on_backend(bytes((type_,)), fb, start, end, extra)
+                head = pending[0] if pending else None
+                plain = head if head is not None and _passes_through(head) else None
                 if relay:
                     if run_start < 0:
                         run_start = start
@@ -363,7 +384,7 @@ class Session:
             if run_start >= 0:
                 out.append(fb.raw(run_start, run_end))
             if out:
-                joined = b"".join(out)
+                joined = b"".join(out) if len(out) > 1 else out[0]
                 if self._corked(len(joined)):
                     # The session resumes next and answers the rest: one write, one TLS
                     # record and one send for the whole reply instead of two.
@@ -373,6 +394,8 @@ class Session:
                     self.writer.write(joined)
                     if self.writer.transport.get_write_buffer_size() > _HIGH_WATER:
                         self._throttle_backend()
+            if self._observed_reads:
+                self._run_observers()  # after the write: the reply leaves first
             if self.expired and not self.pending:
                 self._close_expired()
                 self._backend_gone()
@@ -473,6 +496,8 @@ class Session:
         if t == b"C":
             tag = protocol.parse_command_complete(fb.body(start, end))
             head.tag = tag
+            if head.observe is not None:
+                self._observed_reads.append((head, tag, time.perf_counter()))
             if head.collect:
                 head.results.append(QueryResult(head.columns, tuple(head.rows), tag))
                 head.columns, head.rows = (), []
@@ -665,6 +690,8 @@ class Session:
                 fb.feed(data)
                 continue
             type_, start, end = item
+            if type_ == _BIND and self._relay_read_group(fb, start, end):
+                continue  # the common case, first: a prepared read (see `_relay_read_group`)
             t = bytes((type_,))
             if type_ not in protocol.FRONTEND_TYPES:
                 raise errors.protocol_violation(f"invalid frontend message type {t!r}")
@@ -694,6 +721,43 @@ class Session:
                 batch.append(raw)
             if batch:
                 self._send(b"".join(batch))
+
+    def _relay_read_group(self, fb: protocol.FrameBuffer, start: int, end: int) -> bool:
+        """Bind [Describe portal] Execute Sync of an observed read: relay it as one unit.
+
+        The common shape of a prepared statement's execution (psycopg, asyncpg, JDBC): nothing
+        in it needs deciding frame by frame, so it goes to PostgreSQL in one piece and its reply
+        comes back as one unit that ends at ReadyForQuery. False leaves the Bind to `_on_bind`.
+        """
+        if self.ext_batch or self.discard or self.ext_failed or self.ext_implicit:
+            return False
+        if self.status == b"E" or self.ctx is None:
+            return False
+        bind = protocol.parse_bind(fb.body(start, end))
+        info = self.prepared.get(bind.statement)
+        if bind.portal or info is None or info.synthetic is not None or info.stmt is None:
+            return False
+        stmt = info.stmt
+        if not self._observed(stmt) or (self.explicit and self._guarded(stmt)):
+            return False
+        frames = fb.ahead(3)
+        types = bytes(f[0] for f in frames)
+        if types.startswith(b"DES"):
+            describe = protocol.parse_describe(fb.body(frames[0][1], frames[0][2]))
+            if describe.kind != "P" or describe.name:
+                return False
+            frames = frames[1:]
+        elif not types.startswith(b"ES"):
+            return False
+        execute = protocol.parse_execute(fb.body(frames[0][1], frames[0][2]))
+        if execute.portal or execute.max_rows:
+            return False
+        group_end = frames[1][2]
+        self._expect(_Unit(UnitKind.QUERY, observe=stmt, sent=time.perf_counter()))
+        self._send(fb.raw(start, group_end))
+        fb.skip_to(group_end)
+        self.portals.pop("", None)
+        return True
 
     # --- simple query --------------------------------------------------------------------------
 
@@ -736,16 +800,26 @@ class Session:
             ctx.txn = {}
             await self._internal_simple(_BEGIN_SQL)
         failed = False
+        alone = len(stmts) == 1 and not implicit
         for stmt in stmts:
-            if not await self._simple_statement(stmt, in_block=implicit or self.explicit):
+            if not await self._simple_statement(
+                stmt, in_block=implicit or self.explicit, alone=alone
+            ):
                 failed = True
                 break
         if implicit:
             await self._finish_implicit(failed)
+        if alone and self.pending and self.pending[-1].observe is stmts[0]:
+            return  # relayed outright: PostgreSQL's own ReadyForQuery follows
         self._send_synthetic(protocol.encode_ready(self.status))
 
-    async def _simple_statement(self, stmt: Statement, *, in_block: bool) -> bool:
-        """Run one statement of a simple Query; False if it failed (the error was sent)."""
+    async def _simple_statement(
+        self, stmt: Statement, *, in_block: bool, alone: bool = False
+    ) -> bool:
+        """Run one statement of a simple Query; False if it failed (the error was sent).
+
+        ``alone``: the Query holds only this statement, so a read may be relayed outright.
+        """
         ctx = self.ctx
         assert ctx is not None
         failed_txn = self.status == b"E"
@@ -773,6 +847,11 @@ class Session:
             elif _is_begin(stmt):
                 sql = _begin_text(stmt)
         guarded = in_block and not failed_txn and self._guarded(stmt)
+        if alone and not failed_txn and not guarded and sql is stmt.text and self._observed(stmt):
+            # A lone read: PostgreSQL's reply, ReadyForQuery included, goes straight through.
+            self._expect(_Unit(UnitKind.QUERY, observe=stmt, sent=time.perf_counter()))
+            self._send(protocol.encode_query(sql))
+            return True
         if guarded:
             ctx.current = BoundStatement(sql)
             self._expect(_Unit(UnitKind.QUERY, relay=False))
@@ -821,6 +900,26 @@ class Session:
 
     def _guarded(self, stmt: Statement) -> bool:
         return any(guard(stmt) for guard in self.h_guard)
+
+    def _observed(self, stmt: Statement) -> bool:
+        """A read whose hooks only observe it (`observe_read`): nothing to hold back."""
+        return self.observe_reads and stmt.read_only
+
+    def _run_observers(self) -> None:
+        """Tell the `observe_read` hooks how relayed reads completed (they must not fail).
+
+        Called once the chunk holding their CommandComplete has been written to the client, and
+        before anything else can happen in the session (the same callback).
+        """
+        done, self._observed_reads = self._observed_reads, []
+        for unit, tag, completed in done:
+            assert unit.observe is not None
+            result = CommandResult(tag, elapsed_ms=(completed - unit.sent) * 1000.0)
+            for hook in self.h_observe_read:
+                try:
+                    hook(unit.observe, result, self.ctx)
+                except Exception:  # an observer's bug must not break the relay
+                    log.exception("observe_read hook failed")
 
     async def _on_error_hooks(
         self, stmt: Statement, err: DsqlError, bound: BoundStatement
@@ -1041,16 +1140,15 @@ class Session:
         if guarded and info is not None:
             bound = BoundStatement(info.sql, info.param_types, self.bind_tails.get(msg.portal))
             self._internal_ext_nowait(f"SAVEPOINT {_GUARD}")
-        if (
-            hold
-            and not guarded
-            and stmt is not None
-            and stmt.read_only
-            and not self.ext_implicit
-            and self.pending_sync_next()
-        ):
-            await self._execute_read_and_sync(stmt, raw)
-            return
+        if hold and not guarded and stmt is not None and not self.ext_implicit:
+            if self._observed(stmt):
+                # Relayed as it comes; the observers see its CommandComplete go by.
+                self._expect(_Unit(UnitKind.EXECUTE, observe=stmt, sent=time.perf_counter()))
+                self._send(raw)
+                return
+            if stmt.read_only and self.pending_sync_next():
+                await self._execute_read_and_sync(stmt, raw)
+                return
         unit = self._expect(_Unit(UnitKind.EXECUTE, hold_complete=hold, buffer=guarded))
         self._send(raw)
         if live and stmt is not None and _is_begin(stmt):
@@ -1355,6 +1453,21 @@ def _text_result_formats(tail: bytes) -> bytes:
         size = int.from_bytes(tail[pos : pos + 4], "big", signed=True)
         pos += 4 + max(size, 0)
     return tail[:pos] + b"\0\0"
+
+
+_BIND = ord("B")
+# Backend frames that a relay-everything QUERY unit passes on untouched (see `_route`).
+_PASS_THROUGH = frozenset(b"DT2n13tIs")
+
+
+def _passes_through(unit: _Unit) -> bool:
+    """A unit that relays every frame as is (a plain Query, or a read relayed as one group)."""
+    return (
+        unit.kind is UnitKind.QUERY
+        and unit.relay
+        and not (unit.hold_ready or unit.hold_complete or unit.buffer or unit.collect)
+        and unit.replace_error is None
+    )
 
 
 _BEGIN_KINDS = frozenset({"TRANS_STMT_BEGIN", "TRANS_STMT_START"})

@@ -200,6 +200,9 @@ class TransactionRules:
             state.dml += 1
         return None
 
+    def observe_read(self, stmt: Statement, result: CommandResult, ctx: StatementContext) -> None:
+        """A read changes no rows: nothing to count (so reads need not wait for `after`)."""
+
     async def after(self, stmt: Statement, result: CommandResult, ctx: StatementContext) -> None:
         """Count mutated rows; fail the statement that crosses the row limit."""
         if stmt.kind is not StatementKind.DML:
