@@ -13,6 +13,10 @@ StartupMessage. The session authenticates (the password is an IAM token checked 
   pipeline, and so CommandComplete / ReadyForQuery / ErrorResponse can be held, rewritten or
   swallowed.
 
+Another session's hook may run SQL on this backend while the session waits for its client with
+nothing in flight (``ctx.idle()``; OCC taking a losing transaction): what the client sends
+meanwhile waits until that is done (`_lend`).
+
 How refusals abort a transaction: the refused statement is replaced, on the backend, by a statement
 that fails (`_FAIL_SQL`), and its error is replaced by the refusal. PostgreSQL then does the rest
 exactly as DSQL: later statements in the block get 25P02, COMMIT answers ROLLBACK, the extended
@@ -29,9 +33,9 @@ import enum
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from .. import limits
 from . import errors, protocol
@@ -50,6 +54,7 @@ from .hooks import (
 from .statements import Statement, StatementKind, split_statements
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 # Fails during parse analysis (so at Parse in the extended protocol), with no side effect.
 _FAIL_SQL = "SELECT 'dsql-emulator refusal'::pg_catalog.int4"
@@ -163,6 +168,8 @@ class Session:
         # What `_wait` sleeps on: resolved when its unit ends, COPY IN starts or all fails.
         self._wake: asyncio.Future[None] | None = None
         self._waiting_for: _Unit | None = None
+        # Set while another session's hook runs SQL on this backend (see `_lend`).
+        self._lent: asyncio.Future[None] | None = None
         self._wbuf: list[bytes] = []  # backend-bound bytes not yet written (see `_send`)
         self._cbuf: list[bytes] = []  # session-made replies not yet written to the client
         self._age_timer: asyncio.TimerHandle | None = None
@@ -685,6 +692,7 @@ class Session:
                     data = await self._read_client()
                 finally:
                     self.reading = False
+                await self._lent_back()
                 if not data:
                     return
                 fb.feed(data)
@@ -896,7 +904,34 @@ class Session:
 
     def _idle(self) -> bool:
         """Waiting for the client, with nothing in flight: another task may use the backend."""
-        return self.reading and not self.pending and not self.ext_batch and not self.closing
+        return (
+            self.reading
+            and not self.pending
+            and not self.ext_batch
+            and not self.closing
+            and self._lent is None
+        )
+
+    async def _lend(self, work: Awaitable[_T]) -> _T:
+        """Run another session's SQL here (`_idle` said yes): the client loop waits until done.
+
+        The client may speak meanwhile. Were its message handled at once, both would queue units
+        on one backend and sleep on one `_wake`: the borrower would never wake up, and the
+        client's statement would run between the borrower's (after its ROLLBACK, outside the
+        transaction).
+        """
+        lent = self._lent = asyncio.get_running_loop().create_future()
+        try:
+            return await work
+        finally:
+            self._lent = None
+            if not lent.done():
+                lent.set_result(None)
+
+    async def _lent_back(self) -> None:
+        """Before handling what the client sent: let SQL lent to another session finish."""
+        while self._lent is not None:
+            await asyncio.shield(self._lent)
 
     def _guarded(self, stmt: Statement) -> bool:
         return any(guard(stmt) for guard in self.h_guard)
@@ -1363,6 +1398,8 @@ class Session:
         self, bound: BoundStatement, sql: str | None = None
     ) -> list[QueryResult]:
         """`StatementContext.execute_bound`: a statement with a client's own parameters."""
+        if self.reading and self._lent is None:
+            return await self._lend(self._internal_bound(bound, sql))  # another session's hook
         if bound.bind is None:
             return await self._internal(sql or bound.sql)
         if self.ext_failed or self.status == b"E":
@@ -1374,6 +1411,8 @@ class Session:
 
     async def _internal(self, sql: str, params: Sequence[object] = ()) -> list[QueryResult]:
         """`StatementContext.execute`: run SQL on this session's backend, results as text."""
+        if self.reading and self._lent is None:
+            return await self._lend(self._internal(sql, params))  # another session's hook
         texts = [sql] if params else [s.pg_text for s in split_statements(sql) if s.text]
         recovering = self.ext_failed or self.status == b"E"
         if recovering:
