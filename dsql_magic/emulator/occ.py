@@ -529,7 +529,7 @@ class OccHook:
             import psycopg
 
             backend = ctx.cluster.backend
-            self._inspector_conn = await psycopg.AsyncConnection.connect(
+            conn = await psycopg.AsyncConnection.connect(
                 host=str(backend.socket_dir),
                 port=backend.port,
                 user=backend.user,
@@ -537,6 +537,10 @@ class OccHook:
                 autocommit=True,
                 application_name="dsql-emulator-occ",
             )
+            if self._inspector_conn is None or self._inspector_conn.closed:
+                self._inspector_conn = conn
+            else:  # another session's task connected meanwhile: one is enough
+                await conn.close()
         return self._inspector_conn
 
 
