@@ -312,13 +312,18 @@ class OccHook:
         if ctx.txn.get(_LOST):
             raise write_conflict()
         deferred: list[_Deferred] = ctx.txn.get(_DEFERRED, [])
+        taken: set[tuple[int, int]] = set()  # holders whose transaction we took already
         for item in deferred:
-            for pid, number in item.holders:
-                outcome = self._outcomes.get((pid, number))
+            for holder in item.holders:
+                if holder in taken:
+                    continue  # its client may be busy again by now: no need to ask twice
+                outcome = self._outcomes.get(holder)
                 if outcome:
                     raise write_conflict()  # it committed first (a write or a footprint)
-                if outcome is None and not await self._doom(ctx, pid, number):
-                    raise write_conflict()
+                if outcome is None:
+                    if not await self._doom(ctx, *holder):
+                        raise write_conflict()
+                    taken.add(holder)
             await self._replay(item.bound, ctx)
         if self.injector.should_conflict(ctx.txn.get(_TABLES, ())):
             raise write_conflict()
