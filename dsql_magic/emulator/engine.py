@@ -216,7 +216,7 @@ class Engine:
             ) from exc
         if self._run_as is not None:
             # PostgreSQL's user must traverse to its pgdata; only search (x), not read, is added.
-            _allow_postgres_user(self.data_dir)
+            allow_postgres_user(self.data_dir)
 
     def _acquire_lock(self) -> None:
         if sys.platform == "win32":  # pragma: no cover
@@ -275,7 +275,7 @@ class Engine:
                 return
             if attempt == 1 and "Permission denied" in output and self._run_as is not None:
                 log.warning("initdb could not reach the data dir; restoring access and retrying")
-                _allow_postgres_user(self.data_dir)
+                allow_postgres_user(self.data_dir)
                 continue
             tail = output.strip().splitlines()[-5:]
             raise EngineError("initdb failed: " + " | ".join(tail))
@@ -291,7 +291,7 @@ class Engine:
         self.pgdata.mkdir(mode=0o700)
         self._chown(self.pgdata)
         if self._run_as is not None:
-            _allow_postgres_user(self.data_dir)
+            allow_postgres_user(self.data_dir)
         cmd = [
             str(self.bin_dir / "initdb"),
             "-D",
@@ -370,7 +370,7 @@ class Engine:
         for name, value in settings.items():
             cmd += ["-c", f"{name}={value}"]
         if self._run_as is not None:
-            _allow_postgres_user(self.data_dir)
+            allow_postgres_user(self.data_dir)
         self._log_file = self.log_path.open("ab")
         self._proc = subprocess.Popen(
             cmd,
@@ -462,7 +462,7 @@ def _system_user() -> str:
     return SYSTEM_USER
 
 
-def _allow_postgres_user(data_dir: Path) -> None:
+def allow_postgres_user(data_dir: Path) -> None:
     """Let the unprivileged PostgreSQL user reach its data dir and the wheel's binaries.
 
     Both may sit below private (0700) directories, e.g. a checkout made in ``mktemp -d``.
