@@ -136,29 +136,38 @@ def _strip_locking(sql: str) -> str | None:
     return str(postgast.deparse(tree))
 
 
-def _count_sql(sql: str) -> str | None:
-    """``SELECT count(*)`` of the rows an UPDATE/DELETE's WHERE matches (same parameters)."""
+def _dml(sql: str, kinds: tuple[str, ...]) -> tuple[Any, str, Any] | None:
+    """(parse tree, node kind, typed node) of a DML statement of one of ``kinds`` without WITH."""
     try:
         tree = postgast.parse(sql)
     except postgast.PgQueryError:
         return None
     node = tree.stmts[0].stmt
     kind = node.WhichOneof("node")
-    if kind not in ("update_stmt", "delete_stmt"):
+    if kind not in kinds:
         return None
     inner = getattr(node, kind)
-    if inner.HasField("with_clause"):
-        return None
-    out = postgast.parse("SELECT count(*) FROM x")
-    select = out.stmts[0].stmt.select_stmt
+    return None if inner.HasField("with_clause") else (tree, kind, inner)
+
+
+def _select_rows_of(select: Any, kind: str, inner: Any) -> None:
+    """Make ``select`` read the rows an UPDATE/DELETE matches: its table, FROM/USING and WHERE."""
     del select.from_clause[:]
-    rel = select.from_clause.add()
-    rel.range_var.CopyFrom(inner.relation)
-    extra = inner.from_clause if kind == "update_stmt" else inner.using_clause
-    for item in extra:
+    select.from_clause.add().range_var.CopyFrom(inner.relation)
+    for item in inner.from_clause if kind == "update_stmt" else inner.using_clause:
         select.from_clause.add().CopyFrom(item)
     if inner.HasField("where_clause"):
         select.where_clause.CopyFrom(inner.where_clause)
+
+
+def _count_sql(sql: str) -> str | None:
+    """``SELECT count(*)`` of the rows an UPDATE/DELETE's WHERE matches (same parameters)."""
+    found = _dml(sql, ("update_stmt", "delete_stmt"))
+    if found is None:
+        return None
+    _, kind, inner = found
+    out = postgast.parse("SELECT count(*) FROM x")
+    _select_rows_of(out.stmts[0].stmt.select_stmt, kind, inner)
     return str(postgast.deparse(out))
 
 
@@ -169,35 +178,26 @@ def _returning_sql(sql: str) -> str | None:
     returns exactly those; an UPDATE the values before its change). ``INSERT``: no rows, with
     the right columns. None if the statement has no RETURNING or cannot be rewritten.
     """
-    try:
-        tree = postgast.parse(sql)
-    except postgast.PgQueryError:
+    found = _dml(sql, ("update_stmt", "delete_stmt", "insert_stmt"))
+    if found is None:
         return None
-    node = tree.stmts[0].stmt
-    kind = node.WhichOneof("node")
-    if kind not in ("update_stmt", "delete_stmt", "insert_stmt"):
-        return None
-    inner = getattr(node, kind)
+    tree, kind, inner = found
     returning = list(inner.returning_clause.exprs)
-    if not returning or inner.HasField("with_clause"):
+    if not returning:
         return None
     out = postgast.parse("SELECT 1 FROM x")
     select = out.stmts[0].stmt.select_stmt
     del select.target_list[:]
     for item in returning:
         select.target_list.add().CopyFrom(item)
-    del select.from_clause[:]
-    select.from_clause.add().range_var.CopyFrom(inner.relation)
     if kind == "insert_stmt":
+        del select.from_clause[:]
+        select.from_clause.add().range_var.CopyFrom(inner.relation)
         select.where_clause.CopyFrom(
             postgast.parse("SELECT WHERE false").stmts[0].stmt.select_stmt.where_clause
         )
     else:
-        extra = inner.from_clause if kind == "update_stmt" else inner.using_clause
-        for item in extra:
-            select.from_clause.add().CopyFrom(item)
-        if inner.HasField("where_clause"):
-            select.where_clause.CopyFrom(inner.where_clause)
+        _select_rows_of(select, kind, inner)
     if _params(out) != _params(tree):
         return None  # a parameter would be left without a type: not worth the risk
     return str(postgast.deparse(out))
