@@ -172,6 +172,8 @@ class Session:
         self._lent: asyncio.Future[None] | None = None
         self._wbuf: list[bytes] = []  # backend-bound bytes not yet written (see `_send`)
         self._cbuf: list[bytes] = []  # session-made replies not yet written to the client
+        self._accepted = False  # AuthenticationOk sent: the client may hear from us (`_accept`)
+        self._startup_relay: list[bytes] = []  # PostgreSQL's ParameterStatus etc. at startup
         self._age_timer: asyncio.TimerHandle | None = None
         hooks = cluster.hooks
         self.h_before = bound_methods(hooks, "before")
@@ -217,18 +219,21 @@ class Session:
             await asyncio.wait_for(self._authenticate(), self.cluster.settings.startup_timeout)
         except DsqlError as err:
             await self._fatal(err)
+            await self._cleanup()
             return
         except (asyncio.TimeoutError, TimeoutError):
             await self._fatal(errors.protocol_violation("timeout waiting for authentication"))
+            await self._cleanup()
             return
         except (ConnectionError, asyncio.IncompleteReadError, protocol.ProtocolError):
+            await self._cleanup()
             return
         assert self.backend is not None and self.handle is not None
         loop = asyncio.get_running_loop()
         self._age_timer = loop.call_later(self.cluster.settings.max_connection_age, self._expire)
-        self._start_relay()
         try:
-            await self._hooks_connect()
+            await self._hooks_connect()  # may still refuse the login (an unmapped custom role)
+            await self._accept()
             await self._client_loop()
         except DsqlError as err:
             await self._fatal(err)
@@ -321,16 +326,14 @@ class Session:
         server_names = set(self.cluster.settings.server_names)
         identity = self.cluster.verifier.verify(token, self.user, server_names=server_names)
         del token
-        self.backend, relay = await Backend.connect(self.cluster.backend, self.user, params)
+        self.backend, self._startup_relay = await Backend.connect(
+            self.cluster.backend, self.user, params
+        )
         self.handle = self.cluster.register(self.user)
         self.handle.backend_pid = self.backend.pid
         self.handle.backend_secret = self.backend.secret
         self.status = self.backend.status
-        out = [protocol.encode_auth_ok(), *relay]
-        out.append(protocol.encode_backend_key(self.handle.session_id, self.handle.secret))
-        out.append(protocol.encode_ready(self.status))
-        self.writer.write(b"".join(out))
-        await self.writer.drain()
+        self._start_relay()
         self.ctx = StatementContext(
             session_id=self.handle.session_id,
             user=self.user,
@@ -340,6 +343,18 @@ class Session:
             idle=self._idle,
             session={"iam_identity": identity},  # for the roles hook's mapped-login check
         )
+
+    async def _accept(self) -> None:
+        """Tell the client it is in: only after the `on_connect` hooks, which may refuse the
+        login as DSQL does during authentication (what they made PostgreSQL say comes after)."""
+        assert self.handle is not None
+        held, self._cbuf = self._cbuf, []
+        self._accepted = True
+        out = [protocol.encode_auth_ok(), *self._startup_relay, *held]
+        out.append(protocol.encode_backend_key(self.handle.session_id, self.handle.secret))
+        out.append(protocol.encode_ready(self.status))
+        self.writer.write(b"".join(out))
+        await self.writer.drain()
 
     async def _hooks_connect(self) -> None:
         assert self.ctx is not None
@@ -451,6 +466,8 @@ class Session:
         next and writes its part (a held CommandComplete, ReadyForQuery) with these bytes. Large
         output is written at once, so results stream and memory stays bounded.
         """
+        if not self._accepted:
+            return True  # nothing reaches the client before AuthenticationOk (`_accept`)
         wake = self._wake
         return wake is not None and wake.done() and size + self._cbuf_size() < _CORK_LIMIT
 
@@ -597,7 +614,7 @@ class Session:
         self._wbuf.append(data)
 
     def _flush_client(self) -> None:
-        if self._cbuf:
+        if self._cbuf and self._accepted:
             self.writer.write(b"".join(self._cbuf) if len(self._cbuf) > 1 else self._cbuf[0])
             self._cbuf.clear()
 
