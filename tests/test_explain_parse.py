@@ -480,7 +480,14 @@ def test_emulator_text_and_json_agree(emulator_plans: dict[str, Any], name: str)
         assert a.projections == b.projections and a.estimated_rows == b.estimated_rows
     if name == "analyze":
         assert text.dpu is not None and as_json.dpu is not None
-        assert text.dpu == as_json.dpu
+        # Two separate ANALYZE runs: the compute part follows each run's own time.
+        assert text.dpu.keys() == as_json.dpu.keys()
+        for key, value in text.dpu.items():
+            other = as_json.dpu[key]
+            if value is None or other is None:
+                assert value is other, key
+            else:
+                assert value == pytest.approx(other, rel=0.05, abs=1e-4), key
         assert text.dpu["total"] == pytest.approx(
             sum(text.dpu[k] or 0 for k in ("compute", "read", "write")), abs=2e-5
         )
