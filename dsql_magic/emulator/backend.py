@@ -108,13 +108,6 @@ class Backend:
             raise errors.backend_unavailable() from exc
         return header[:1], body, header + body
 
-    async def read_chunk(self) -> bytes:
-        """Whatever bytes are available (b"" at EOF)."""
-        try:
-            return await self.reader.read(_READ_SIZE)
-        except ConnectionError:
-            return b""
-
     def write(self, data: bytes) -> None:
         self.writer.write(data)
 
