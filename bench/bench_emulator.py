@@ -11,9 +11,7 @@ Benchmarks measure; they never assert. Run with ``python -m bench emulator [--qu
 
 from __future__ import annotations
 
-import datetime as dt
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -132,13 +130,17 @@ def wire_only(duration: str) -> tuple[PgbenchResult, PgbenchResult]:
         )
 
 
-def start_relay(emu: Emulator) -> tuple[subprocess.Popen[str], int]:
-    """The minimal TLS relay (bench/_tls_relay.py) in front of the emulator's PostgreSQL."""
+def start_relay(
+    emu: Emulator, program: list[str] | None = None
+) -> tuple[subprocess.Popen[str], int]:
+    """A minimal TLS relay in front of the emulator's PostgreSQL: its process and port.
+
+    ``program``: the relay to run, by default the Python one (bench/_tls_relay.py).
+    """
     tls = emu.info.data_dir / "tls"
     proc = subprocess.Popen(
         [
-            sys.executable,
-            str(Path(__file__).with_name("_tls_relay.py")),
+            *(program or [sys.executable, str(Path(__file__).with_name("_tls_relay.py"))]),
             str(emu.info.data_dir / "run" / ".s.PGSQL.5432"),
             str(tls / "server.pem"),
             str(tls / "server-key.pem"),
@@ -148,6 +150,37 @@ def start_relay(emu: Emulator) -> tuple[subprocess.Popen[str], int]:
     )
     assert proc.stdout is not None
     return proc, int(proc.stdout.readline())
+
+
+def build_c_relay(out_dir: Path) -> tuple[Path | None, str]:
+    """Compile bench/_c_relay.c: the binary, or None and why not (no compiler, no OpenSSL)."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return None, "no C compiler"
+    binary = out_dir / "c_relay"
+    built = subprocess.run(
+        [
+            compiler,
+            "-O2",
+            "-o",
+            str(binary),
+            str(Path(__file__).with_name("_c_relay.c")),
+            "-lssl",
+            "-lcrypto",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if built.returncode != 0:
+        return None, f"it did not compile (OpenSSL's headers: libssl-dev): {built.stderr[-200:]}"
+    return binary, ""
+
+
+def relay_env(direct: dict[str, str], port: int) -> dict[str, str]:
+    """pgbench's environment for a bench relay on ``port`` (TLS without a token)."""
+    env = {k: v for k, v in direct.items() if k != "PGHOST"}
+    env.update({"PGHOST": "127.0.0.1", "PGPORT": str(port), "PGSSLMODE": "require"})
+    return env
 
 
 def best_loop(kwargs: dict[str, Any], n: int, rounds: int) -> list[float]:
@@ -169,7 +202,6 @@ def run(quick: bool = False) -> str:
     loop_n = 500 if quick else 3000
     rows: list[tuple[str, PgbenchResult, PgbenchResult]] = []
     lines: list[str] = []
-    started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-emulator-") as tmp:
         data = Path(tmp) / "data"
         emu = Emulator(data_dir=data).start()
@@ -188,6 +220,8 @@ def run(quick: bool = False) -> str:
                     d = run_pgbench(direct, args)
                     e = run_pgbench(through, args)
                     rows.append((f"{label}, {clients} client{'s' if clients > 1 else ''}", d, e))
+            prepared_args = ["-S", "-M", "prepared", "-c", "1", "-T", duration]
+            prepared = (run_pgbench(direct, prepared_args), run_pgbench(through, prepared_args))
             many = run_pgbench(through, ["-S", "-c", "32", "-j", "4", "-T", duration])
             direct_kwargs = {
                 "host": str(emu.info.data_dir / "run"),
@@ -204,11 +238,9 @@ def run(quick: bool = False) -> str:
                     "dbname": "postgres",
                     "sslmode": "require",
                 }
-                relay_env = {k: v for k, v in direct.items() if k != "PGHOST"}
-                relay_env.update(
-                    {"PGHOST": "127.0.0.1", "PGPORT": str(relay_port), "PGSSLMODE": "require"}
+                relay_s = run_pgbench(
+                    relay_env(direct, relay_port), ["-S", "-c", "1", "-T", duration]
                 )
-                relay_s = run_pgbench(relay_env, ["-S", "-c", "1", "-T", duration])
                 rounds = 1 if quick else 3
                 loop_direct = best_loop(direct_kwargs, loop_n, rounds)
                 loop_emu = best_loop(emu.connect_kwargs(), loop_n, rounds)
@@ -216,6 +248,17 @@ def run(quick: bool = False) -> str:
             finally:
                 relay.kill()
                 relay.wait()
+            c_binary, c_missing = build_c_relay(Path(tmp))
+            c_relay_s: PgbenchResult | None = None
+            if c_binary is not None:
+                c_relay, c_port = start_relay(emu, [str(c_binary)])
+                try:
+                    c_relay_s = run_pgbench(
+                        relay_env(direct, c_port), ["-S", "-c", "1", "-T", duration]
+                    )
+                finally:
+                    c_relay.kill()
+                    c_relay.wait()
         finally:
             emu.stop()
         warm = [start_time(data) for _ in range(1 if quick else 3)]
@@ -281,6 +324,25 @@ def run(quick: bool = False) -> str:
         f"The emulator's cost above that floor: **{em - rm:+.3f} ms** per statement."
     )
     lines.append("")
+    if c_relay_s is not None:
+        c_ratio = c_relay_s.tps / rows[0][1].tps if rows[0][1].tps else 0.0
+        lines.append(
+            "The ceiling for any relay, whatever its language: `bench/_c_relay.c`, the same "
+            "byte-copying TLS relay in C (OpenSSL, blocking I/O, one process per connection). "
+            f"pgbench -S, 1 client: {c_relay_s.tps:,.0f} tps ({c_ratio:.0%} of direct), "
+            f"{c_relay_s.latency_ms:.3f} ms: the extra hop alone, before any decoding or rules."
+        )
+    else:
+        lines.append(f"The compiled relay (`bench/_c_relay.c`) was not measured: {c_missing}.")
+    lines.append("")
+    pd, pe = prepared
+    p_ratio = pe.tps / pd.tps if pd.tps else 0.0
+    lines.append(
+        f"pgbench -S with `-M prepared`, 1 client (the extended protocol, whose reads the "
+        f"emulator relays as they come): direct {pd.tps:,.0f} tps, emulator {pe.tps:,.0f} tps "
+        f"({p_ratio:.0%} of direct), {pd.latency_ms:.3f} vs {pe.latency_ms:.3f} ms."
+    )
+    lines.append("")
     one_select = rows[0]
     added = em - dm
     ratio1 = one_select[2].tps / one_select[1].tps if one_select[1].tps else 0.0
@@ -304,12 +366,9 @@ def run(quick: bool = False) -> str:
         f"{max(cold):.2f} s (target < 15 s), warm {max(warm):.2f} s (target < 3 s)"
     )
     lines.append("")
-    lines.append(
-        f"_{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, "
-        f"{'quick, ' if quick else ''}{time.perf_counter() - started:.0f} s, "
-        f"Python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs "
-        f"shared with other work (load average {os.getloadavg()[1]:.1f} at the end): compare "
-        "the ratios, not the absolute numbers_"
+    lines.append(  # `python -m bench` adds the date, duration and Python version below
+        f"_{os.cpu_count()} CPUs shared with other work (load average "
+        f"{os.getloadavg()[1]:.1f} at the end): compare the ratios, not the absolute numbers_"
     )
     return "\n".join(lines)
 

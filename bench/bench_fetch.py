@@ -7,6 +7,8 @@ Compared with psycopg ``fetchall`` + ``DataFrame.from_records`` (the baseline) a
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pandas as pd
 
 from bench._pg import compare, running, table
@@ -54,7 +56,11 @@ def run(quick: bool) -> str:
             def read_sql(sql: str = sql) -> object:
                 return pd.read_sql(sql, sa_conn)
 
-            fns = {"base": baseline, "magic": magic, "read": read_sql}
+            fns: dict[str, Callable[[], object]] = {
+                "base": baseline,
+                "magic": magic,
+                "read": read_sql,
+            }
             if rows <= 1000:
                 t = compare(fns, 100 if quick else 300)
             else:

@@ -24,10 +24,11 @@ import postgast
 
 from .dialect import Rule, RuleSet, load_rules
 from .errors import DsqlError
+from .hooks import CommandResult, Forward, Synthetic
 from .statements import Statement, StatementKind
 
 if TYPE_CHECKING:
-    from .hooks import CommandResult, Reply, StatementContext
+    from .hooks import Reply, StatementContext
 
 pb: Any = importlib.import_module("postgast.pg_query_pb2")
 
@@ -723,8 +724,6 @@ class DialectPolicy:
         if decision.violation is not None:
             raise decision.violation.error()
         if decision.forward is not None and not stmt.is_async:
-            from .hooks import Forward
-
             return Forward(decision.forward)
         return None
 
@@ -742,21 +741,22 @@ class DsqlHooks:
         if unobserving:  # `observe_read` below promises the session that reads need no `after`
             raise TypeError(f"{type(unobserving[0]).__name__} has after() but no observe_read()")
         self.parts = parts
-        self._observers = self._methods("observe_read")  # called per read: looked up once
+        # Bound methods looked up once: `before` and `observe_read` run for every statement.
+        self._befores = self._methods("before")
+        self._afters = self._methods("after")
+        self._observers = self._methods("observe_read")
 
     def _methods(self, name: str) -> list[Callable[..., Any]]:
         return [m for m in (getattr(p, name, None) for p in self.parts) if m is not None]
 
     async def before(self, stmt: Statement, ctx: StatementContext) -> Reply | None:
         """Every part's ``before``; the first Synthetic answers, a Forward is kept to the end."""
-        from .hooks import CommandResult, Synthetic
-
         forward: Reply | None = None
-        for method in self._methods("before"):
+        for method in self._befores:
             reply = await method(stmt, ctx)
             if isinstance(reply, Synthetic):
                 result = CommandResult(reply.tag)
-                for after in self._methods("after"):
+                for after in self._afters:
                     await after(stmt, result, ctx)
                 return reply
             if reply is not None:
@@ -765,7 +765,7 @@ class DsqlHooks:
 
     async def after(self, stmt: Statement, result: CommandResult, ctx: StatementContext) -> None:
         """Every part's ``after``."""
-        for method in self._methods("after"):
+        for method in self._afters:
             await method(stmt, result, ctx)
 
     def observe_read(self, stmt: Statement, result: CommandResult, ctx: StatementContext) -> None:
