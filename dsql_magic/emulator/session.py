@@ -1179,6 +1179,15 @@ class Session:
         live = stmt is not None and self.status != b"E" and not self.ext_failed
         if live and stmt is not None and _writes(stmt) and self.h_before_commit:
             self._open_ext_implicit()
+        if (
+            live
+            and stmt is not None
+            and stmt.transaction_kind in _COMMIT_KINDS
+            and self.explicit
+            and self.h_before_commit
+            and not await self._ext_commit_allowed()
+        ):
+            return
         hold = live and bool(self.h_after)
         guarded = (
             live
@@ -1232,6 +1241,27 @@ class Session:
         self._send_synthetic(_complete(tag))
         if stmt.transaction_kind is not None:
             await self._track_ext_transaction(stmt, unit)
+
+    async def _ext_commit_allowed(self) -> bool:
+        """An explicit block's COMMIT in the extended protocol (JDBC, psycopg pipelines): run the
+        `before_commit` hooks first, as for a simple Query; False if one refused it.
+
+        A refusal rolls the block back and fails the Execute, so the client hears the error and
+        then, at its Sync, that no transaction is open: as DSQL failing a COMMIT.
+        """
+        await self._wait_idle_ext()  # the hooks see every earlier statement done
+        if self.status == b"E" or self.ext_failed:
+            return True  # PostgreSQL answers this COMMIT with ROLLBACK itself
+        try:
+            await self._run_before_commit()
+        except DsqlError as err:
+            if err.fatal:
+                raise
+            await self._internal("ROLLBACK")
+            await self._end_transaction(committed=False)
+            self._refuse_ext(err)
+            return False
+        return True
 
     def pending_sync_next(self) -> bool:
         """True when the client's next message, already received, is Sync (psycopg, asyncpg)."""
