@@ -51,6 +51,7 @@ from .hooks import (
     Synthetic,
     bound_methods,
 )
+from .kept_statements import KeptStatements, drops_all, tag_drops_all
 from .statements import Statement, StatementKind, split_statements
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,7 @@ class Session:
         self.pending: deque[_Unit] = deque()
         self.prepared: dict[str, _Prepared] = {}
         self.portals: dict[str, _Prepared] = {}
+        self._kept = KeptStatements()  # hooks' parameterised SQL, prepared once (`_internal_kept`)
         self.status = b"I"  # the client-visible transaction status
         self.explicit = False  # an explicit BEGIN block is open
         self.discard = False  # our refusal in the extended protocol: drop client frames to Sync
@@ -520,6 +522,8 @@ class Session:
         if t == b"C":
             tag = protocol.parse_command_complete(fb.body(start, end))
             head.tag = tag
+            if tag_drops_all(tag):
+                self._kept.forget_all()  # a client's DEALLOCATE ALL / DISCARD ALL ran
             if head.observe is not None:
                 self._observed_reads.append((head, tag, time.perf_counter()))
             if head.collect:
@@ -1059,6 +1063,8 @@ class Session:
     async def _run_before(self, stmt: Statement) -> Forward | Synthetic | None:
         ctx = self.ctx
         assert ctx is not None
+        if drops_all(stmt):
+            self._kept.forget_all()  # before hooks could use a kept statement after it
         for hook in self.h_before:
             reply = await hook(stmt, ctx)
             if reply is not None:
@@ -1163,6 +1169,8 @@ class Session:
         self.ext_batch = True
         info = self.portals.get(msg.portal)
         stmt = info.stmt if info is not None else None
+        if drops_all(stmt):
+            self._kept.forget_all()  # run now, perhaps long after its Parse
         if info is not None and info.synthetic is not None:
             syn = info.synthetic
             if syn.resolve is not None:
@@ -1470,6 +1478,8 @@ class Session:
             if self.ext_failed:
                 await self._resync()
         encoded = [protocol.encode_text_param(p) for p in params]
+        if params:  # one statement, run again and again with new values: keep it prepared
+            return [await self._internal_kept(sql, encoded)]
         results: list[QueryResult] = []
         for text in texts:
             parse_bind = protocol.encode_parse(_INTERNAL, text) + protocol.encode_bind(
@@ -1478,26 +1488,48 @@ class Session:
             results.append(await self._internal_one(parse_bind, sync=recovering))
         return results
 
-    async def _internal_one(self, parse_bind: bytes, *, sync: bool = False) -> QueryResult:
+    async def _internal_kept(self, sql: str, encoded: list[bytes | None]) -> QueryResult:
+        """Parameterised internal SQL, parsed once per backend and kept (`KeptStatements`)."""
+        name = self._kept.get(sql)
+        parse = b""
+        if name is None:
+            name = self._kept.add(sql)
+            if name is None:  # as many texts kept as allowed: parse this one each time
+                return await self._internal_one(
+                    protocol.encode_parse(_INTERNAL, sql)
+                    + protocol.encode_bind(_INTERNAL, _INTERNAL, encoded)
+                )
+            parse = protocol.encode_parse(name, sql)
+        try:
+            bind = protocol.encode_bind(_INTERNAL, name, encoded)
+            return await self._internal_one(parse + bind, parsed=bool(parse), keep=True)
+        except BaseException:
+            self._kept.forget(sql)  # it may not exist on the backend: prepare it anew next time
+            raise
+
+    async def _internal_one(
+        self, parse_bind: bytes, *, sync: bool = False, parsed: bool = True, keep: bool = False
+    ) -> QueryResult:
         """One internal statement (its Parse and Bind given): describe, run, close, collect.
 
         Inside a client's unsynced extended batch it ends with Flush, so the batch's own Sync
         still ends the transaction step; otherwise (or when ``sync``) with its own Sync.
+        ``parsed``: ``parse_bind`` starts with a Parse (not so for a kept statement's reuse);
+        ``keep``: leave the statement prepared, only its portal is closed.
         """
-        units = [
-            self._expect(_Unit(UnitKind.PARSE, relay=False)),
-            self._expect(_Unit(UnitKind.BIND, relay=False)),
-            self._expect(_Unit(UnitKind.DESCRIBE, relay=False, collect=True)),
-            self._expect(_Unit(UnitKind.EXECUTE, relay=False, collect=True)),
-            self._expect(_Unit(UnitKind.CLOSE, relay=False)),
-            self._expect(_Unit(UnitKind.CLOSE, relay=False)),
-        ]
+        units = [self._expect(_Unit(UnitKind.PARSE, relay=False))] if parsed else []
+        units.append(self._expect(_Unit(UnitKind.BIND, relay=False)))
+        describe = self._expect(_Unit(UnitKind.DESCRIBE, relay=False, collect=True))
+        execute = self._expect(_Unit(UnitKind.EXECUTE, relay=False, collect=True))
+        units += [describe, execute, self._expect(_Unit(UnitKind.CLOSE, relay=False))]
+        if not keep:
+            units.append(self._expect(_Unit(UnitKind.CLOSE, relay=False)))
         self._send(
             parse_bind
             + protocol.encode_describe("P", _INTERNAL)
             + protocol.encode_execute(_INTERNAL)
             + protocol.encode_close("P", _INTERNAL)
-            + protocol.encode_close("S", _INTERNAL)
+            + (b"" if keep else protocol.encode_close("S", _INTERNAL))
         )
         synced = None
         if not self.ext_batch or sync:
@@ -1510,7 +1542,6 @@ class Session:
                 raise unit.error
         if any(u.skipped for u in units):
             raise errors.in_failed_transaction()
-        describe, execute = units[2], units[3]
         # the rows moved to `results` at CommandComplete (see _route)
         rows = execute.results[-1].rows if execute.results else tuple(execute.rows)
         return QueryResult(describe.columns, rows, execute.tag or "")
