@@ -129,6 +129,8 @@ class _Prepared:
     param_types: tuple[int, ...] = ()
     sql: str = ""  # what PostgreSQL was given (after a Forward)
     values: Sequence[bytes | None] = ()  # a portal's bound values, kept only for `resolve`
+    # The `before` hooks ran at its Parse, for its next execution (see `Session._unchecked`).
+    checked: bool = False
 
 
 class Session:
@@ -153,6 +155,8 @@ class Session:
         self.prepared: dict[str, _Prepared] = {}
         self.portals: dict[str, _Prepared] = {}
         self._kept = KeptStatements()  # hooks' parameterised SQL, prepared once (`_internal_kept`)
+        # Portals of a prepared statement executed again: its `before` hooks run at Execute.
+        self._unchecked: set[str] = set()
         self.status = b"I"  # the client-visible transaction status
         self.explicit = False  # an explicit BEGIN block is open
         self.discard = False  # our refusal in the extended protocol: drop client frames to Sync
@@ -719,7 +723,7 @@ class Session:
                 fb.feed(data)
                 continue
             type_, start, end = item
-            if type_ == _BIND and self._relay_read_group(fb, start, end):
+            if type_ == _BIND and await self._relay_read_group(fb, start, end):
                 continue  # the common case, first: a prepared read (see `_relay_read_group`)
             t = bytes((type_,))
             if type_ not in protocol.FRONTEND_TYPES:
@@ -751,7 +755,7 @@ class Session:
             if batch:
                 self._send(b"".join(batch))
 
-    def _relay_read_group(self, fb: protocol.FrameBuffer, start: int, end: int) -> bool:
+    async def _relay_read_group(self, fb: protocol.FrameBuffer, start: int, end: int) -> bool:
         """Bind [Describe portal] Execute Sync of an observed read: relay it as one unit.
 
         The common shape of a prepared statement's execution (psycopg, asyncpg, JDBC): nothing
@@ -782,6 +786,16 @@ class Session:
         if execute.portal or execute.max_rows:
             return False
         group_end = frames[1][2]
+        if not self._consume_check(info):
+            if self.pending:
+                return False  # the hooks must see earlier statements done: the slow path waits
+            try:
+                await self._run_before(stmt)
+            except DsqlError as err:
+                if err.fatal:
+                    raise
+                self._refuse_ext(err)  # the group's other frames are dropped up to its Sync
+                return True
         self._expect(_Unit(UnitKind.QUERY, observe=stmt, sent=time.perf_counter()))
         self._send(fb.raw(start, group_end))
         fb.skip_to(group_end)
@@ -1113,6 +1127,7 @@ class Session:
         elif _is_begin(stmt):
             sql = _begin_text(stmt)
         info.sql = sql
+        info.checked = True
         self._expect(_Unit(UnitKind.PARSE))
         self._send(raw if sql is msg.sql else protocol.encode_parse(msg.name, sql, msg.param_types))
 
@@ -1141,6 +1156,10 @@ class Session:
             self._send_synthetic(protocol.BIND_COMPLETE)
             return
         self.portals[msg.portal] = info or _Prepared(None)
+        if info is not None and info.stmt is not None and not self._consume_check(info):
+            self._unchecked.add(msg.portal)
+        else:
+            self._unchecked.discard(msg.portal)
         if self.h_guard:
             names = len(msg.portal.encode()) + len(msg.statement.encode()) + 2
             self.bind_tails[msg.portal] = raw[5 + names :]
@@ -1185,6 +1204,10 @@ class Session:
             self._send_synthetic(data + _complete(syn.tag))
             return
         live = stmt is not None and self.status != b"E" and not self.ext_failed
+        if msg.portal in self._unchecked:
+            self._unchecked.discard(msg.portal)  # a suspended portal's next Execute is not new
+            if live and stmt is not None and not await self._recheck(stmt):
+                return
         if live and stmt is not None and _writes(stmt) and self.h_before_commit:
             self._open_ext_implicit()
         if (
@@ -1249,6 +1272,36 @@ class Session:
         self._send_synthetic(_complete(tag))
         if stmt.transaction_kind is not None:
             await self._track_ext_transaction(stmt, unit)
+
+    def _consume_check(self, info: _Prepared) -> bool:
+        """Whether this execution of ``info`` was checked by the `before` hooks at its Parse.
+
+        True once per Parse: a prepared statement executed again (psycopg prepares a query
+        after five runs; JDBC, asyncpg) gets its hooks run again at Execute, since DSQL's
+        transaction rules, OCC's bookkeeping and OC001 depend on the moment, not the text.
+        """
+        if info.checked or not self.h_before:
+            info.checked = False
+            return True
+        return False
+
+    async def _recheck(self, stmt: Statement) -> bool:
+        """Run the `before` hooks for a prepared statement's new execution; False if refused.
+
+        Their rewrite (`Forward`) or answer (`Synthetic`) was settled at its Parse, which
+        PostgreSQL already has; only a refusal counts here.
+        """
+        await self._wait_idle_ext()
+        if self.status == b"E" or self.ext_failed:
+            return True  # PostgreSQL refuses it itself (25P02)
+        try:
+            await self._run_before(stmt)
+        except DsqlError as err:
+            if err.fatal:
+                raise
+            self._refuse_ext(err)
+            return False
+        return True
 
     async def _ext_commit_allowed(self) -> bool:
         """An explicit block's COMMIT in the extended protocol (JDBC, psycopg pipelines): run the
