@@ -9,12 +9,15 @@ in the same transaction committed, and a prepared read never saw OC001.
 
 from __future__ import annotations
 
+import asyncio
+import ssl
 import uuid
 from collections.abc import Iterator
 
 import psycopg
 import pytest
 
+from dsql_magic.emulator.api import Emulator
 from tests.fix_emulator import ConnInfo
 
 pytestmark = [pytest.mark.emulator, pytest.mark.timeout(120)]
@@ -84,3 +87,51 @@ def test_prepared_updates_that_conflict_fail_at_commit(
         assert "(OC000)" in str(info.value)
     with psycopg.connect(**emulator_conninfo(), autocommit=True) as conn:
         assert conn.execute(f"SELECT v FROM {table} WHERE id = 1").fetchone() == (1,)
+
+
+def test_asyncpg_prepared_statements(emulator: Emulator) -> None:
+    """asyncpg prepares (Parse, Sync) and executes later (Bind, Execute, Sync): the Parse's
+    check covers the first execution, so a prepared DDL run once in a block counts once."""
+    import asyncpg
+
+    info = emulator.info
+    table = f"prep_{uuid.uuid4().hex[:8]}"
+
+    async def run() -> list[int]:
+        conn = await asyncpg.connect(
+            host="localhost",  # asyncpg has no hostaddr; the certificate and token name it
+            port=info.port,
+            user="admin",
+            database="postgres",
+            password=emulator.token(hostname="localhost"),
+            ssl=ssl.create_default_context(cafile=str(info.ca_cert)),
+        )
+        try:
+            await conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY)")
+            insert = await conn.prepare(f"INSERT INTO {table} VALUES ($1)")
+            await insert.fetch(1)
+            ddl = await conn.prepare(f"CREATE TABLE {table}_a (id int PRIMARY KEY)")
+            async with conn.transaction():
+                await ddl.fetch()  # one DDL: allowed
+            with pytest.raises(asyncpg.exceptions.FeatureNotSupportedError, match="ddl and dml"):
+                async with conn.transaction():
+                    await conn.execute(f"CREATE TABLE {table}_b (id int PRIMARY KEY)")
+                    await insert.fetch(2)
+            await insert.fetch(3)
+            return [r[0] for r in await conn.fetch(f"SELECT id FROM {table} ORDER BY id")]
+        finally:
+            await conn.close()
+
+    assert asyncio.run(run()) == [1, 3]
+
+
+def test_a_statement_prepared_and_run_in_a_block_is_checked_once(
+    emulator_conninfo: ConnInfo, table: str
+) -> None:
+    """Parse, Bind and Execute of a new prepared DDL in one block: one DDL, not two."""
+    with psycopg.connect(**emulator_conninfo()) as conn:
+        conn.execute(f"CREATE TABLE {table}_once (id int PRIMARY KEY)", prepare=True)
+        conn.commit()
+        cur = conn.execute(f"SELECT count(*) FROM {table}_once")
+        assert cur.fetchone() == (0,)
+        conn.rollback()
