@@ -24,7 +24,7 @@ import postgast
 
 from .dialect import Rule, RuleSet, load_rules
 from .errors import DsqlError
-from .hooks import CommandResult, Forward, Synthetic
+from .hooks import CommandResult, Forward, Synthetic, bound_methods
 from .statements import Statement, StatementKind
 
 if TYPE_CHECKING:
@@ -742,12 +742,9 @@ class DsqlHooks:
             raise TypeError(f"{type(unobserving[0]).__name__} has after() but no observe_read()")
         self.parts = parts
         # Bound methods looked up once: `before` and `observe_read` run for every statement.
-        self._befores = self._methods("before")
-        self._afters = self._methods("after")
-        self._observers = self._methods("observe_read")
-
-    def _methods(self, name: str) -> list[Callable[..., Any]]:
-        return [m for m in (getattr(p, name, None) for p in self.parts) if m is not None]
+        self._befores = bound_methods(parts, "before")
+        self._afters = bound_methods(parts, "after")
+        self._observers = bound_methods(parts, "observe_read")
 
     async def before(self, stmt: Statement, ctx: StatementContext) -> Reply | None:
         """Every part's ``before``; the first Synthetic answers, a Forward is kept to the end."""
@@ -775,17 +772,17 @@ class DsqlHooks:
 
     async def before_commit(self, ctx: StatementContext) -> None:
         """Every part's ``before_commit``."""
-        for method in self._methods("before_commit"):
+        for method in bound_methods(self.parts, "before_commit"):
             await method(ctx)
 
     async def after_end(self, ctx: StatementContext, committed: bool) -> None:
         """Every part's ``after_end``."""
-        for method in self._methods("after_end"):
+        for method in bound_methods(self.parts, "after_end"):
             await method(ctx, committed)
 
     async def on_connect(self, ctx: StatementContext) -> None:
         """Every part's ``on_connect``."""
-        for method in self._methods("on_connect"):
+        for method in bound_methods(self.parts, "on_connect"):
             await method(ctx)
 
 
