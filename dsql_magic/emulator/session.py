@@ -1531,8 +1531,10 @@ class Session:
             if self.ext_failed:
                 await self._resync()
         encoded = [protocol.encode_text_param(p) for p in params]
-        if params:  # one statement, run again and again with new values: keep it prepared
-            return [await self._internal_kept(sql, encoded)]
+        if params and not recovering:  # one statement, run again with new values: keep it
+            kept = await self._internal_kept(sql, encoded)
+            if kept is not None:
+                return [kept]
         results: list[QueryResult] = []
         for text in texts:
             parse_bind = protocol.encode_parse(_INTERNAL, text) + protocol.encode_bind(
@@ -1541,17 +1543,17 @@ class Session:
             results.append(await self._internal_one(parse_bind, sync=recovering))
         return results
 
-    async def _internal_kept(self, sql: str, encoded: list[bytes | None]) -> QueryResult:
-        """Parameterised internal SQL, parsed once per backend and kept (`KeptStatements`)."""
+    async def _internal_kept(self, sql: str, encoded: list[bytes | None]) -> QueryResult | None:
+        """Parameterised internal SQL, parsed once per backend and kept (`KeptStatements`).
+
+        None when as many texts are kept as allowed: the caller runs it unkept.
+        """
         name = self._kept.get(sql)
         parse = b""
         if name is None:
             name = self._kept.add(sql)
-            if name is None:  # as many texts kept as allowed: parse this one each time
-                return await self._internal_one(
-                    protocol.encode_parse(_INTERNAL, sql)
-                    + protocol.encode_bind(_INTERNAL, _INTERNAL, encoded)
-                )
+            if name is None:
+                return None
             parse = protocol.encode_parse(name, sql)
         try:
             bind = protocol.encode_bind(_INTERNAL, name, encoded)
